@@ -1,0 +1,38 @@
+# WSSS workflow: dataset -> classifier per method variant -> CAMs -> seeds / refiners -> evaluation
+# -> summary. Stage rules live in workflow/rules/, one file per stage; helpers in common.smk.
+from snakemake.utils import min_version, validate
+
+min_version("9.0")
+
+
+configfile: "config.yaml"
+
+
+validate(config, "workflow/schemas/config.schema.yaml")
+
+# a GPU is a per-node resource: on a cluster each job gets its own, locally they are shared
+resource_scopes:
+    gpu="local",
+
+
+include: "workflow/rules/common.smk"
+
+
+wildcard_constraints:
+    variant=one_of(config["methods"]),
+    split=one_of(config["dataset"]["splits"]),
+    refiner=one_of(config["refiners"]),
+
+
+include: "workflow/rules/data.smk"
+include: "workflow/rules/classifier.smk"
+include: "workflow/rules/cams.smk"
+include: "workflow/rules/refine.smk"
+include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/report.smk"
+
+
+rule all:
+    input:
+        summary_outputs(),
+    default_target: True

@@ -1,0 +1,3 @@
+"""Weakly supervised semantic segmentation workflow package."""
+
+__version__ = "0.1.0"

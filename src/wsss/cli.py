@@ -1,0 +1,279 @@
+"""`wsss` command line: one subcommand per workflow stage.
+
+Each subcommand parses its arguments, calls one stage function and writes its outputs
+atomically. Configuration blocks arrive as JSON strings (the workflow passes each variant's
+whole block), so a stage can also be run by hand outside Snakemake.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger("wsss")
+
+
+def _json(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        raise argparse.ArgumentTypeError(f"not valid JSON: {err}") from err
+
+
+def _dataset(cfg: dict):
+    from wsss.data.voc import VocDataset
+
+    # `name` only names the results folder
+    return VocDataset.from_config({k: v for k, v in cfg.items() if k != "name"})
+
+
+def _threads(args) -> int:
+    return max(1, args.threads)
+
+
+def _set_torch_threads(threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+# -- stages ------------------------------------------------------------------------------------
+def cmd_synthetic(args) -> None:
+    from wsss.data.synthetic import generate
+
+    generate(Path(args.out), args.config, threads=_threads(args))
+
+
+def cmd_index(args) -> None:
+    from wsss.data.index import build_index, write_index
+
+    ds = _dataset(args.dataset)
+    index = build_index(ds, args.splits, threads=_threads(args))
+    for split, info in index["splits"].items():
+        log.info("%s: %d images, %d without foreground labels", split, len(info["ids"]),
+                 len(info["no_foreground"]))
+    write_index(args.out, index)
+
+
+def cmd_train(args) -> None:
+    from wsss.data.index import read_index
+    from wsss.data.transforms import ClassificationSet
+    from wsss.methods import build_method
+    from wsss.train import fit, pick_device
+
+    _set_torch_threads(_threads(args))
+    ds = _dataset(args.dataset)
+    index = read_index(args.index)
+    split = index["splits"][args.split]
+    ids = [i for i in split["ids"] if split["labels"][i]]
+    skipped = len(split["ids"]) - len(ids)
+    log.info("training on %d images of split '%s'; skipped %d without foreground labels",
+             len(ids), args.split, skipped)
+    cfg = args.config
+    method = build_method(cfg, ds.num_classes)
+    trainset = ClassificationSet(ds, ids, split["labels"], cfg["training"],
+                                 seed=cfg["training"]["seed"])
+    meta = {"config": cfg, "variant": args.variant, "classes": list(ds.classes),
+            "skipped_no_foreground": skipped}
+    fit(method, trainset, cfg["training"], args.out, meta, pick_device(args.device),
+        stop_after=args.stop_after)
+
+
+def cmd_cams(args) -> None:
+    import torch
+
+    from wsss.cams import extract_cams
+    from wsss.data.index import read_index
+    from wsss.methods import build_method
+    from wsss.train import pick_device
+
+    _set_torch_threads(_threads(args))
+    ds = _dataset(args.dataset)
+    index = read_index(args.index)
+    split = index["splits"][args.split]
+    cfg = args.config
+    state = torch.load(args.checkpoint, map_location="cpu", weights_only=False)
+    if state.get("config") != cfg:
+        log.warning("%s was trained with a different config block than the one given",
+                    args.checkpoint)
+    method = build_method(cfg, ds.num_classes)
+    method.load_state_dict(state["method"])
+    method.to(pick_device(args.device))
+    attrs = {"classes": list(ds.classes), "method": cfg["method"], "variant": args.variant,
+             "config": cfg, "split": args.split, "dataset": args.dataset["name"]}
+    speed = extract_cams(method, ds, split["ids"], split["labels"], cfg["inference"], args.out,
+                         attrs)
+    log.info("CAMs of %d images in %.1f s (%.1f images/s)", speed["images"], speed["seconds"],
+             speed["images_per_second"])
+
+
+def cmd_eval_seeds(args) -> None:
+    import numpy as np
+
+    from wsss.evaluate import evaluate_seeds
+    from wsss.store import versions, write_json
+
+    ds = _dataset(args.dataset)
+    ev = args.evaluation
+    t = ev["thresholds"]
+    thresholds = np.round(np.arange(t["start"], t["stop"] + 1e-9, t["step"]), 6)
+    result = evaluate_seeds(args.cams, ds, args.split, thresholds, ev["default_threshold"],
+                            threads=_threads(args))
+    result.update(stage="seeds", variant=args.variant, evaluation=ev, versions=versions())
+    write_json(args.out, result)
+    log.info("seeds %s: mIoU %.4f at threshold %.2f", args.split, result["miou"],
+             result["best_threshold"])
+
+
+def cmd_crf(args) -> None:
+    from wsss.refine.crf import run_crf
+
+    ds = _dataset(args.dataset)
+    threshold = None
+    if args.seeds_eval:
+        threshold = json.loads(Path(args.seeds_eval).read_text())["best_threshold"]
+        log.info("background threshold %.2f from %s", threshold, args.seeds_eval)
+    run_crf(args.cams, ds, args.split, args.config, args.out, threads=_threads(args),
+            threshold=threshold)
+
+
+def cmd_eval_labels(args) -> None:
+    from wsss.evaluate import evaluate_labels
+    from wsss.store import versions, write_json
+
+    ds = _dataset(args.dataset)
+    result = evaluate_labels(args.labels, ds, args.split, threads=_threads(args))
+    result.update(stage=args.stage, variant=args.variant, versions=versions())
+    write_json(args.out, result)
+    log.info("%s %s: mIoU %.4f", args.stage, args.split, result["miou"])
+
+
+def cmd_summary(args) -> None:
+    from wsss.report import write_summary
+
+    write_summary(args.evals, args.csv, args.md, args.png, title=args.title)
+
+
+def cmd_export_png(args) -> None:
+    from wsss.data.voc import save_mask
+    from wsss.store import LabelReader
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    with LabelReader(args.labels) as labels:
+        for image_id in labels.ids:
+            save_mask(out / f"{image_id}.png", labels.get(image_id))
+    log.info("wrote %d PNGs to %s", len(labels.ids), out)
+
+
+# -- parser ------------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="wsss", description=__doc__.splitlines()[0])
+    p.add_argument("-v", "--verbose", action="store_true")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def stage(name, fn, help_):
+        sp = sub.add_parser(name, help=help_)
+        sp.set_defaults(fn=fn)
+        sp.add_argument("--threads", type=int, default=1, help="CPU workers for this stage")
+        return sp
+
+    def dataset_args(sp):
+        sp.add_argument("--dataset", type=_json, required=True, help="dataset block as JSON")
+
+    sp = stage("synthetic", cmd_synthetic, "generate the embedded synthetic benchmark")
+    sp.add_argument("--config", type=_json, default={}, help="generator block as JSON")
+    sp.add_argument("--out", required=True, help="dataset root to write (VOC layout)")
+
+    sp = stage("index", cmd_index, "validate a dataset and write its index (ids, labels)")
+    dataset_args(sp)
+    sp.add_argument("--splits", nargs="+", required=True)
+    sp.add_argument("--out", required=True)
+
+    sp = stage("train", cmd_train, "train a method variant's classifier (resumable)")
+    dataset_args(sp)
+    sp.add_argument("--index", required=True)
+    sp.add_argument("--split", default="train")
+    sp.add_argument("--variant", required=True)
+    sp.add_argument("--config", type=_json, required=True, help="variant block as JSON")
+    sp.add_argument("--out", required=True, help="output folder (classifier.pt, train_log.csv)")
+    sp.add_argument("--device", default="auto")
+    sp.add_argument("--stop-after", type=int, default=None, help=argparse.SUPPRESS)
+
+    sp = stage("cams", cmd_cams, "multi-scale + flip CAMs of a split to HDF5")
+    dataset_args(sp)
+    sp.add_argument("--index", required=True)
+    sp.add_argument("--split", required=True)
+    sp.add_argument("--variant", required=True)
+    sp.add_argument("--config", type=_json, required=True, help="variant block as JSON")
+    sp.add_argument("--checkpoint", required=True)
+    sp.add_argument("--out", required=True)
+    sp.add_argument("--device", default="auto")
+
+    sp = stage("eval-seeds", cmd_eval_seeds, "background-threshold sweep of CAM seeds")
+    dataset_args(sp)
+    sp.add_argument("--cams", required=True)
+    sp.add_argument("--split", required=True)
+    sp.add_argument("--variant", required=True)
+    sp.add_argument("--evaluation", type=_json, required=True, help="evaluation block as JSON")
+    sp.add_argument("--out", required=True)
+
+    sp = stage("crf", cmd_crf, "dense-CRF refinement of CAMs into pseudo-labels")
+    dataset_args(sp)
+    sp.add_argument("--cams", required=True)
+    sp.add_argument("--split", required=True)
+    sp.add_argument("--config", type=_json, required=True, help="refiner block as JSON")
+    sp.add_argument("--seeds-eval", default=None,
+                    help="seed evaluation JSON whose best threshold sets the background plane")
+    sp.add_argument("--out", required=True)
+
+    sp = stage("eval-labels", cmd_eval_labels, "mIoU of a pseudo-label file")
+    dataset_args(sp)
+    sp.add_argument("--labels", required=True)
+    sp.add_argument("--split", required=True)
+    sp.add_argument("--variant", required=True)
+    sp.add_argument("--stage", required=True, help="name of the refiner that made the labels")
+    sp.add_argument("--out", required=True)
+
+    sp = stage("summary", cmd_summary, "summary table (csv, md) and bar chart of evaluations")
+    sp.add_argument("--evals", nargs="+", required=True)
+    sp.add_argument("--csv", required=True)
+    sp.add_argument("--md", required=True)
+    sp.add_argument("--png", required=True)
+    sp.add_argument("--title", default="")
+
+    sp = stage("export-png", cmd_export_png, "write a label HDF5 as VOC palette PNGs")
+    sp.add_argument("--labels", required=True)
+    sp.add_argument("--out", required=True)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    os.environ.setdefault("HDF5_USE_FILE_LOCKING", "FALSE")
+    from wsss.data.voc import DatasetError
+    from wsss.methods import MethodError
+    from wsss.models.backbones import BackboneError
+    from wsss.store import StoreError
+
+    try:
+        args.fn(args)
+    except (DatasetError, StoreError, MethodError, BackboneError, ValueError) as err:
+        log.error("%s", err)
+        print(f"wsss {args.command}: error: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

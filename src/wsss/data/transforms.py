@@ -1,0 +1,126 @@
+"""Image tensors for training and inference.
+
+Training augmentation draws from a generator seeded by (seed, epoch, index), so a sample's
+augmentation does not depend on the worker that loads it or on whether the run was resumed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+# torchvision's ImageNet statistics: pretrained backbones expect them, and they do no harm
+# to networks trained from scratch
+MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
+STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
+
+
+def normalize(image: np.ndarray) -> np.ndarray:
+    """uint8 H×W×3 → float32 3×H×W, ImageNet-normalised."""
+    return ((image.astype(np.float32) / 255.0 - MEAN) / STD).transpose(2, 0, 1)
+
+
+def resize_long(image: np.ndarray, long_side: int) -> np.ndarray:
+    h, w = image.shape[:2]
+    scale = long_side / max(h, w)
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    return np.asarray(Image.fromarray(image).resize(size, Image.BILINEAR))
+
+
+def color_jitter(image: np.ndarray, strength: float, rng: np.random.Generator) -> np.ndarray:
+    """Brightness, contrast and saturation jitter of relative size `strength`."""
+    x = image.astype(np.float32)
+    b, c, s = 1.0 + rng.uniform(-strength, strength, size=3)
+    x = x * b
+    mean = x.mean()
+    x = (x - mean) * c + mean
+    gray = x.mean(axis=2, keepdims=True)
+    x = (x - gray) * s + gray
+    return np.clip(x, 0, 255).astype(np.uint8)
+
+
+def random_crop(image: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:
+    """Crop (or zero-pad, after normalisation that is the mean colour) to size×size."""
+    c, h, w = image.shape
+    out = np.zeros((c, size, size), dtype=image.dtype)
+    top = rng.integers(0, h - size + 1) if h > size else 0
+    left = rng.integers(0, w - size + 1) if w > size else 0
+    oy = rng.integers(0, size - h + 1) if h < size else 0
+    ox = rng.integers(0, size - w + 1) if w < size else 0
+    ch, cw = min(h, size), min(w, size)
+    out[:, oy : oy + ch, ox : ox + cw] = image[:, top : top + ch, left : left + cw]
+    return out
+
+
+class ClassificationSet(torch.utils.data.Dataset):
+    """Images with multi-hot labels for classifier training, indexed by (index, epoch)."""
+
+    def __init__(self, dataset, ids: Sequence[str], labels: dict[str, list[int]],
+                 aug: dict[str, Any], seed: int):
+        self.dataset = dataset
+        self.ids = list(ids)
+        self.labels = labels
+        self.aug = aug
+        self.seed = seed
+        self.num_classes = dataset.num_classes
+        self._cache: dict[str, np.ndarray] = {}
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def _image(self, image_id: str) -> np.ndarray:
+        # small datasets are decoded once per worker; large ones would not fit and are re-read
+        if len(self.ids) <= self.aug.get("cache_max_images", 2000):
+            if image_id not in self._cache:
+                self._cache[image_id] = self.dataset.load_image(image_id)
+            return self._cache[image_id]
+        return self.dataset.load_image(image_id)
+
+    def __getitem__(self, key: tuple[int, int]) -> dict[str, Any]:
+        index, epoch = key
+        image_id = self.ids[index]
+        rng = np.random.default_rng([self.seed, epoch, index])
+        image = self._image(image_id)
+        lo, hi = self.aug["resize_long"]
+        image = resize_long(image, int(rng.integers(lo, hi + 1)))
+        if self.aug["hflip"] and rng.random() < 0.5:
+            image = image[:, ::-1]
+        if self.aug["color_jitter"] > 0:
+            image = color_jitter(image, self.aug["color_jitter"], rng)
+        image = random_crop(normalize(image), self.aug["crop_size"], rng)
+        label = np.zeros(self.num_classes, dtype=np.float32)
+        label[self.labels[image_id]] = 1.0
+        return {"image": torch.from_numpy(image), "label": torch.from_numpy(label), "index": index}
+
+
+def scaled_views(image: np.ndarray, scales: Sequence[float], flip: bool) -> list[list[np.ndarray]]:
+    """Normalised 3×h×w arrays per scale: [image] or [image, mirrored image]."""
+    h, w = image.shape[:2]
+    views = []
+    for s in scales:
+        size = (max(1, round(w * s)), max(1, round(h * s)))
+        scaled = image
+        if s != 1.0:
+            scaled = np.asarray(Image.fromarray(image).resize(size, Image.BILINEAR))
+        x = normalize(scaled)
+        views.append([x, np.ascontiguousarray(x[:, :, ::-1])] if flip else [x])
+    return views
+
+
+def pad_batch(arrays: Sequence[np.ndarray]) -> torch.Tensor:
+    """Stack 3×h×w arrays of different sizes, zero-padded at the bottom and right."""
+    h = max(a.shape[1] for a in arrays)
+    w = max(a.shape[2] for a in arrays)
+    out = torch.zeros(len(arrays), arrays[0].shape[0], h, w)
+    for i, a in enumerate(arrays):
+        out[i, :, : a.shape[1], : a.shape[2]] = torch.from_numpy(a)
+    return out
+
+
+def upsample(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    return F.interpolate(x, size=size, mode="bilinear", align_corners=False)

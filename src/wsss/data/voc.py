@@ -1,0 +1,258 @@
+"""Reader for datasets in PASCAL VOC layout: VOC2012, VOC2012 + SBD ("aug") and the synthetic set.
+
+Layout under `root`::
+
+    JPEGImages/<id>.jpg            RGB images (.png accepted when no .jpg exists)
+    <mask_dir>/<id>.png            class-index masks: 0 background, k+1 <-> classes[k], 255 void
+    Annotations/<id>.xml           object names (only for label_source == "xml")
+    <split list files>             one id per line, or SBD-style "/JPEGImages/id.jpg /Seg.../id.png"
+    classes.txt                    optional: foreground names, one per line
+
+Image ids are kept as strings everywhere: VOC ids such as "2007_000032" are valid Python int
+literals (underscores are digit separators), so any int round trip would silently corrupt them.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+VOC_CLASSES: tuple[str, ...] = (
+    "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
+    "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train",
+    "tvmonitor",
+)  # fmt: skip
+
+VOID = 255
+_IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+_CONFIG_KEYS = {"root", "splits", "mask_dir", "label_source", "classes"}
+_LABEL_SOURCES = ("masks", "xml")
+
+
+def _voc_colormap(n: int = 256) -> list[int]:
+    """The standard VOC colormap: bits of the index are spread over the high bits of R, G, B."""
+    palette: list[int] = []
+    for index in range(n):
+        r = g = b = 0
+        c = index
+        for shift in range(7, -1, -1):
+            r |= ((c >> 0) & 1) << shift
+            g |= ((c >> 1) & 1) << shift
+            b |= ((c >> 2) & 1) << shift
+            c >>= 3
+        palette.extend((r, g, b))
+    return palette
+
+
+# Index 255 comes out as (224, 224, 192), the VOC "void" colour.
+VOC_PALETTE: list[int] = _voc_colormap()
+
+
+class DatasetError(Exception):
+    """A dataset file is missing, unreadable or inconsistent; the message names the path or id."""
+
+
+def save_mask(path: str | os.PathLike, mask: np.ndarray) -> None:
+    """Write a class-index mask as a VOC palette PNG, atomically (temp file + os.replace)."""
+    mask = np.asarray(mask)
+    if mask.ndim != 2 or mask.dtype != np.uint8:
+        raise ValueError(f"{path}: mask must be a 2-D uint8 array, got {mask.dtype} {mask.shape}")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image = Image.fromarray(mask)
+    image.putpalette(VOC_PALETTE)  # turns the L image into mode P with the same index values
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            image.save(f, format="PNG")
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _read_lines(path: Path) -> list[str]:
+    return [line.strip() for line in path.read_text().splitlines() if line.strip()]
+
+
+def _id_from_token(token: str) -> str:
+    # SBD lists give paths ("/JPEGImages/2007_000032.jpg"); plain lists give bare ids. Only strip
+    # known image suffixes so ids that contain dots survive.
+    name = token.rsplit("/", 1)[-1]
+    stem, dot, suffix = name.rpartition(".")
+    if dot and "." + suffix.lower() in _IMAGE_SUFFIXES:
+        return stem
+    return name
+
+
+@dataclass(frozen=True)
+class VocDataset:
+    """One dataset in VOC layout; all loaders raise DatasetError naming the path or image id."""
+
+    root: Path
+    classes: tuple[str, ...]
+    splits: dict[str, str] = field(default_factory=dict)
+    mask_dir: str = "SegmentationClass"
+    label_source: str = "masks"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "root", Path(self.root))
+        object.__setattr__(self, "classes", tuple(self.classes))
+        if not self.classes:
+            raise DatasetError(f"{self.root}: the class list is empty")
+        if len(set(self.classes)) != len(self.classes):
+            raise DatasetError(f"{self.root}: duplicate class names in {list(self.classes)}")
+        if len(self.classes) >= VOID:
+            raise DatasetError(f"{self.root}: at most {VOID - 1} classes fit in a uint8 mask")
+        if self.label_source not in _LABEL_SOURCES:
+            raise DatasetError(
+                f"{self.root}: label_source must be one of {_LABEL_SOURCES}, "
+                f"got {self.label_source!r}"
+            )
+
+    @classmethod
+    def from_config(cls, cfg: dict[str, Any]) -> VocDataset:
+        """Build from a config dict (keys: root, splits, mask_dir, label_source, classes)."""
+        unknown = sorted(set(cfg) - _CONFIG_KEYS)
+        if unknown:
+            raise DatasetError(f"dataset config: unknown key(s) {unknown}")
+        if "root" not in cfg:
+            raise DatasetError("dataset config: 'root' is required")
+        root = Path(cfg["root"]).expanduser()
+        if not root.is_dir():
+            raise DatasetError(f"{root}: dataset root does not exist or is not a directory")
+        classes = cfg.get("classes")
+        if classes is None:
+            classes_file = root / "classes.txt"
+            classes = _read_lines(classes_file) if classes_file.is_file() else VOC_CLASSES
+        return cls(
+            root=root,
+            classes=tuple(classes),
+            splits=dict(cfg.get("splits") or {}),
+            mask_dir=cfg.get("mask_dir") or "SegmentationClass",
+            label_source=cfg.get("label_source") or "masks",
+        )
+
+    @property
+    def num_classes(self) -> int:
+        """Number of foreground classes C (mask values 1..C)."""
+        return len(self.classes)
+
+    def ids(self, split: str) -> list[str]:
+        """Image ids of a split, in list-file order, as strings."""
+        if split not in self.splits:
+            raise DatasetError(
+                f"{self.root}: unknown split '{split}' (known: {sorted(self.splits)})"
+            )
+        path = self.root / self.splits[split]
+        if not path.is_file():
+            raise DatasetError(f"{path}: list file of split '{split}' does not exist")
+        ids = [_id_from_token(line.split()[0]) for line in _read_lines(path)]
+        seen: set[str] = set()
+        for image_id in ids:
+            if image_id in seen:
+                # stores key results by id, so a repeated id would overwrite or crash later
+                raise DatasetError(f"{path}: image id '{image_id}' is listed twice")
+            seen.add(image_id)
+        return ids
+
+    def image_path(self, image_id: str) -> Path:
+        jpg = self.root / "JPEGImages" / f"{image_id}.jpg"
+        if not jpg.exists():
+            png = jpg.with_suffix(".png")
+            if png.exists():
+                return png
+        return jpg
+
+    def mask_path(self, image_id: str) -> Path:
+        return self.root / self.mask_dir / f"{image_id}.png"
+
+    def xml_path(self, image_id: str) -> Path:
+        return self.root / "Annotations" / f"{image_id}.xml"
+
+    def load_image(self, image_id: str) -> np.ndarray:
+        """H×W×3 uint8 RGB."""
+        path = self.image_path(image_id)
+        if not path.is_file():
+            raise DatasetError(f"{path}: image of '{image_id}' does not exist")
+        try:
+            with Image.open(path) as im:
+                return np.asarray(im.convert("RGB"), dtype=np.uint8)
+        except (OSError, SyntaxError, ValueError) as err:
+            raise DatasetError(f"image '{image_id}' ({path}) is unreadable: {err}") from err
+
+    def load_mask(self, image_id: str) -> np.ndarray:
+        """H×W uint8 class indices (palette indices of a P image, or values of an L image)."""
+        path = self.mask_path(image_id)
+        if not path.is_file():
+            raise DatasetError(f"{path}: mask of '{image_id}' does not exist")
+        try:
+            with Image.open(path) as im:
+                if im.mode not in ("P", "L"):
+                    raise DatasetError(
+                        f"mask of '{image_id}' ({path}) has mode {im.mode}; "
+                        "expected a palette (P) or grey (L) PNG of class indices"
+                    )
+                mask = np.array(im, dtype=np.uint8)
+        except (OSError, SyntaxError, ValueError) as err:
+            raise DatasetError(f"mask of '{image_id}' ({path}) is unreadable: {err}") from err
+        values = np.unique(mask)
+        bad = values[(values > self.num_classes) & (values != VOID)]
+        if bad.size:
+            raise DatasetError(
+                f"mask of '{image_id}' ({path}) has values {bad.tolist()} outside "
+                f"0..{self.num_classes} and {VOID}"
+            )
+        return mask
+
+    def load_pair(self, image_id: str) -> tuple[np.ndarray, np.ndarray]:
+        """(image, mask) of one id, checked to have the same size."""
+        image = self.load_image(image_id)
+        mask = self.load_mask(image_id)
+        if image.shape[:2] != mask.shape:
+            raise DatasetError(
+                f"image '{image_id}': mask size {list(mask.shape)} != image size "
+                f"{list(image.shape[:2])} ({self.mask_path(image_id)})"
+            )
+        return image, mask
+
+    def labels_from_mask(self, mask: np.ndarray) -> np.ndarray:
+        """Sorted 0-based foreground indices present in an already loaded mask."""
+        values = np.unique(mask)
+        return (values[(values >= 1) & (values <= self.num_classes)] - 1).astype(np.int64)
+
+    def _labels_from_xml(self, image_id: str) -> np.ndarray:
+        path = self.xml_path(image_id)
+        if not path.is_file():
+            raise DatasetError(f"{path}: annotation of '{image_id}' does not exist")
+        try:
+            tree = ET.parse(path)
+        except ET.ParseError as err:
+            raise DatasetError(f"annotation of '{image_id}' ({path}) is unreadable: {err}") from err
+        index = {name: k for k, name in enumerate(self.classes)}
+        found = set()
+        for obj in tree.getroot().iter("object"):
+            name = (obj.findtext("name") or "").strip()
+            if name not in index:
+                raise DatasetError(f"annotation of '{image_id}' ({path}): unknown class '{name}'")
+            found.add(index[name])
+        return np.array(sorted(found), dtype=np.int64)
+
+    def image_labels(self, image_id: str) -> np.ndarray:
+        """Sorted int64 array of the 0-based foreground classes present in the image."""
+        if self.label_source == "xml":
+            return self._labels_from_xml(image_id)
+        return self.labels_from_mask(self.load_mask(image_id))
+
+    def label_vector(self, image_id: str) -> np.ndarray:
+        """float32 (C,) multi-hot image-level label."""
+        vec = np.zeros(self.num_classes, dtype=np.float32)
+        vec[self.image_labels(image_id)] = 1.0
+        return vec

@@ -1,0 +1,168 @@
+"""Evaluation stages: score CAM seeds over a threshold sweep, and score pseudo-label files.
+
+Both stages return plain JSON-ready dicts; the CLI adds the config and library versions and
+writes them with store.write_json.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import numpy as np
+
+from wsss.metrics import confusion, mean_iou, scores, seed_confusions
+from wsss.store import CamReader, LabelReader, StoreError
+
+if TYPE_CHECKING:
+    from wsss.data.voc import VocDataset
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+def _ordered_map(fn: Callable[[T], R], items: Iterable[T], threads: int) -> Iterator[R]:
+    """map() over a thread pool, in order, with at most 2 × threads items in flight.
+
+    Items are drawn in the calling thread, so HDF5 reads stay there while mask decoding and
+    numpy work (which release the GIL for the most part) overlap in the pool.
+    """
+    if threads <= 1:
+        yield from map(fn, items)
+        return
+    with ThreadPoolExecutor(threads) as pool:
+        pending: deque = deque()
+        for item in items:
+            pending.append(pool.submit(fn, item))
+            if len(pending) >= 2 * threads:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+
+
+def _label_names(ds: VocDataset) -> list[str]:
+    return ["background", *ds.classes]
+
+
+def _float_or_none(x: float) -> float | None:
+    return None if np.isnan(x) else float(x)
+
+
+def evaluate_seeds(
+    cam_path: str | os.PathLike,
+    ds: VocDataset,
+    split: str,
+    thresholds: np.ndarray,
+    default_threshold: float,
+    threads: int = 1,
+) -> dict[str, Any]:
+    """Score argmax([t, CAMs]) seeds against ground truth for every background threshold t.
+
+    Reports the threshold with the best mIoU and the scores there (miou, iou, precision,
+    recall, fg_precision, fg_recall, pixel_accuracy at the top level), the mIoU at
+    `default_threshold` (miou_at_default) and the whole curve {"threshold": [...],
+    "miou": [...]}. Each CAM is read once; all thresholds are scored in one pass per image
+    (metrics.seed_confusions).
+    """
+    thresholds = np.asarray(thresholds, dtype=np.float64).reshape(-1)
+    if thresholds.size == 0:
+        raise ValueError("evaluate_seeds needs at least one threshold")
+    ids = ds.ids(split)
+    if not ids:
+        raise ValueError(f"split '{split}' has no images")
+    num_classes = ds.num_classes
+    # The default threshold rides along as one extra sweep point.
+    sweep = np.append(thresholds, float(default_threshold))
+    total = np.zeros((sweep.size, num_classes + 1, num_classes + 1), dtype=np.int64)
+
+    with CamReader(cam_path) as reader:
+        reader.check(ids, list(ds.classes))
+
+        def items() -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
+            for image_id in ids:
+                cams, keys = reader.get(image_id)
+                # The store holds float16, so this cast is exact and unlocks the fast path
+                # of seed_confusions.
+                yield image_id, cams.astype(np.float16), keys
+
+        def one(item: tuple[str, np.ndarray, np.ndarray]) -> np.ndarray:
+            image_id, cams, keys = item
+            gt = ds.load_mask(image_id)
+            if cams.shape[1:] != gt.shape:
+                raise StoreError(
+                    f"{cam_path}: CAM of '{image_id}' is {cams.shape[1:]}, "
+                    f"ground truth is {gt.shape}"
+                )
+            return seed_confusions(cams, keys, gt, sweep, num_classes)
+
+        for conf in _ordered_map(one, items(), threads):
+            total += conf
+
+    curve = np.asarray(mean_iou(total[:-1]), dtype=np.float64)
+    if np.isnan(curve).all():
+        raise ValueError(f"split '{split}': ground truth has no labelled pixels")
+    best = int(np.nanargmax(curve))
+    return {
+        "split": split,
+        "num_images": len(ids),
+        "cam_file": str(cam_path),
+        "best_threshold": float(thresholds[best]),
+        # scores at the best threshold sit at the top level, as in evaluate_labels, so that
+        # summaries read every stage the same way
+        **scores(total[best], _label_names(ds)),
+        "default_threshold": float(default_threshold),
+        "miou_at_default": _float_or_none(mean_iou(total[-1])),
+        "curve": {
+            "threshold": [float(t) for t in thresholds],
+            "miou": [_float_or_none(m) for m in curve],
+        },
+    }
+
+
+def evaluate_labels(
+    label_path: str | os.PathLike, ds: VocDataset, split: str, threads: int = 1
+) -> dict[str, Any]:
+    """Score a pseudo-label file against ground truth over a split.
+
+    Pseudo-label pixels marked 255 (an ignore band) count as background predictions;
+    `ignored_fraction` reports how many of the scored pixels they were.
+    """
+    ids = ds.ids(split)
+    if not ids:
+        raise ValueError(f"split '{split}' has no images")
+    n = ds.num_classes + 1
+    total = np.zeros((n, n), dtype=np.int64)
+    ignored = 0
+
+    with LabelReader(label_path) as reader:
+        reader.check(ids, list(ds.classes) if reader.classes else None)
+
+        def items() -> Iterator[tuple[str, np.ndarray]]:
+            for image_id in ids:
+                yield image_id, reader.get(image_id)
+
+        def one(item: tuple[str, np.ndarray]) -> tuple[np.ndarray, int]:
+            image_id, label = item
+            gt = ds.load_mask(image_id)
+            if label.shape != gt.shape:
+                raise StoreError(
+                    f"{label_path}: label of '{image_id}' is {label.shape}, "
+                    f"ground truth is {gt.shape}"
+                )
+            return confusion(label, gt, n), int(np.count_nonzero((label == 255) & (gt != 255)))
+
+        for conf, skipped in _ordered_map(one, items(), threads):
+            total += conf
+            ignored += skipped
+
+    labelled = int(total.sum())
+    return {
+        "split": split,
+        "num_images": len(ids),
+        "label_file": str(label_path),
+        **scores(total, _label_names(ds)),
+        "ignored_fraction": ignored / labelled if labelled else None,
+    }

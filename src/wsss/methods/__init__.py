@@ -1,0 +1,5 @@
+"""WSSS methods. Importing this package registers every method under its config name."""
+
+from wsss.methods.base import METHODS, Method, MethodError, build_method, register
+
+__all__ = ["METHODS", "Method", "MethodError", "build_method", "register"]

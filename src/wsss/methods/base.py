@@ -1,0 +1,160 @@
+"""The method protocol, the registry of methods, and the baseline CAM method.
+
+A method owns its networks, its optimizers and its training step, because methods differ in
+exactly that; the generic trainer (`wsss.train`) owns the loop, the learning-rate schedule,
+checkpoints and logging. Optimizer param groups carry an `lr_mult` that the trainer multiplies
+into the scheduled learning rate.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from wsss.models.backbones import build_backbone
+
+METHODS: dict[str, type[Method]] = {}
+
+
+class MethodError(ValueError):
+    """A method name or configuration that cannot be built."""
+
+
+def register(name: str):
+    """Class decorator: make a method available as `method: <name>` in config.yaml."""
+
+    def wrap(cls):
+        METHODS[name] = cls
+        cls.registry_name = name
+        return cls
+
+    return wrap
+
+
+def build_method(cfg: dict[str, Any], num_classes: int) -> Method:
+    name = cfg.get("method")
+    if name not in METHODS:
+        raise MethodError(f"unknown method '{name}'; choose one of {sorted(METHODS)}")
+    return METHODS[name](cfg, num_classes)
+
+
+class Method(nn.Module):
+    """Base class of every WSSS method variant.
+
+    Subclasses build their networks in `__init__`, list parameters in `param_groups`, and
+    implement `training_step` (forward, loss, backward, optimizer step) and `cams`.
+    """
+
+    registry_name = ""
+
+    def __init__(self, cfg: dict[str, Any], num_classes: int):
+        super().__init__()
+        self.cfg = cfg
+        self.num_classes = num_classes
+        self.optimizers: list[torch.optim.Optimizer] = []
+
+    # -- training -------------------------------------------------------------------------
+    def param_groups(self) -> list[dict[str, Any]]:
+        """Parameter groups with `lr_mult`; the default optimizer is SGD over these."""
+        raise NotImplementedError(f"{type(self).__name__} must define param_groups")
+
+    def build_optimizers(self, training: dict[str, Any]) -> list[torch.optim.Optimizer]:
+        groups = []
+        for group in self.param_groups():
+            params = [p for p in group["params"] if p.requires_grad]
+            if params:
+                groups.append({**group, "params": params})
+        opt = torch.optim.SGD(
+            groups,
+            lr=training["lr"],
+            momentum=training["momentum"],
+            weight_decay=training["weight_decay"],
+            nesterov=training.get("nesterov", False),
+        )
+        for group in opt.param_groups:
+            group["initial_lr"] = training["lr"] * group.get("lr_mult", 1.0)
+        self.optimizers = [opt]
+        return self.optimizers
+
+    def training_step(self, batch: dict[str, torch.Tensor], step: int) -> dict[str, float]:
+        raise NotImplementedError(f"{type(self).__name__} must define training_step")
+
+    # -- inference ------------------------------------------------------------------------
+    def cams(self, images: torch.Tensor) -> torch.Tensor:
+        """Raw class activation maps (B, C, h, w) before ReLU and normalisation."""
+        raise NotImplementedError(f"{type(self).__name__} must define cams")
+
+    def seg_probs(self, images: torch.Tensor) -> torch.Tensor | None:
+        """(B, C+1, h, w) segmentation probabilities for single-stage methods, else None."""
+        return None
+
+    # -- helpers --------------------------------------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    def autocast(self):
+        """bfloat16 autocast on CUDA (no loss scaling needed); a no-op on CPU."""
+        if self.device.type == "cuda":
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+
+def freeze_batchnorm(module: nn.Module) -> None:
+    """Keep BatchNorm layers in eval mode with fixed affine parameters (pretrained statistics)."""
+    for m in module.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.eval()
+            for p in m.parameters():
+                p.requires_grad_(False)
+
+
+@register("baseline")
+class BaselineCAM(Method):
+    """CAM (Zhou et al. 2016): backbone, 1×1 conv classifier, global average pooling,
+    multilabel soft-margin loss. The CAM is the classifier applied at every position."""
+
+    def __init__(self, cfg: dict[str, Any], num_classes: int):
+        super().__init__(cfg, num_classes)
+        bb = cfg["backbone"]
+        self.backbone = build_backbone(bb["name"], bb["output_stride"], bb["pretrained"])
+        self.classifier = nn.Conv2d(self.backbone.out_channels, num_classes, 1, bias=False)
+        nn.init.xavier_uniform_(self.classifier.weight)
+        self.freeze_bn = bool(bb.get("freeze_bn", False))
+        if self.freeze_bn:
+            freeze_batchnorm(self.backbone)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if mode and self.freeze_bn:
+            freeze_batchnorm(self.backbone)
+        return self
+
+    def param_groups(self) -> list[dict[str, Any]]:
+        new_mult = self.cfg["training"]["new_layer_lr_mult"]
+        return [
+            {"params": list(self.backbone.parameters()), "lr_mult": 1.0, "name": "backbone"},
+            {"params": list(self.classifier.parameters()), "lr_mult": new_mult, "name": "new"},
+        ]
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.backbone(images))
+
+    def training_step(self, batch: dict[str, torch.Tensor], step: int) -> dict[str, float]:
+        (opt,) = self.optimizers
+        with self.autocast():
+            logits = self(batch["image"]).float().mean(dim=(2, 3))
+        loss = F.multilabel_soft_margin_loss(logits, batch["label"])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        return {"loss": loss.item()}
+
+    @torch.no_grad()
+    def cams(self, images: torch.Tensor) -> torch.Tensor:
+        with self.autocast():
+            return self(images).float()

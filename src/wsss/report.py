@@ -1,0 +1,103 @@
+"""Summary of all evaluations: a variants × stages table (CSV and Markdown) and a bar chart."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+from wsss.store import atomic_path
+
+STAGE_ORDER = ["seeds"]
+
+
+def load_evaluations(paths: Sequence[str | Path]) -> list[dict]:
+    evals = []
+    for path in paths:
+        data = json.loads(Path(path).read_text())
+        for key in ("variant", "stage", "miou", "split"):
+            if key not in data:
+                raise ValueError(f"{path}: evaluation lacks '{key}'")
+        evals.append(data)
+    return evals
+
+
+def summary_rows(evals: list[dict]) -> tuple[list[str], list[dict]]:
+    """One row per (variant, split); columns per stage: mIoU, plus seeds threshold and fg P/R."""
+    stages = sorted({e["stage"] for e in evals},
+                    key=lambda s: (STAGE_ORDER.index(s) if s in STAGE_ORDER else 1, s))
+    rows: dict[tuple[str, str], dict] = {}
+    for e in evals:
+        row = rows.setdefault((e["variant"], e["split"]),
+                              {"variant": e["variant"], "split": e["split"]})
+        row[f"{e['stage']}_miou"] = round(100 * e["miou"], 2)
+        row[f"{e['stage']}_fg_precision"] = round(100 * e["fg_precision"], 2)
+        row[f"{e['stage']}_fg_recall"] = round(100 * e["fg_recall"], 2)
+        if e["stage"] == "seeds":
+            row["seeds_threshold"] = e["best_threshold"]
+            row["seeds_miou_at_default"] = round(100 * e["miou_at_default"], 2)
+    columns = ["variant", "split"]
+    for s in stages:
+        columns.append(f"{s}_miou")
+        if s == "seeds":
+            columns += ["seeds_threshold", "seeds_miou_at_default"]
+        columns += [f"{s}_fg_precision", f"{s}_fg_recall"]
+    return columns, [rows[k] for k in sorted(rows)]
+
+
+def _markdown(columns: list[str], rows: list[dict], title: str) -> str:
+    out = io.StringIO()
+    if title:
+        out.write(f"# {title}\n\n")
+    out.write("mIoU, foreground precision and recall in %; seeds at the best background "
+              "threshold of the sweep (and at the configured default).\n\n")
+    out.write("| " + " | ".join(columns) + " |\n")
+    out.write("|" + "|".join("---" for _ in columns) + "|\n")
+    for r in rows:
+        out.write("| " + " | ".join(str(r.get(c, "")) for c in columns) + " |\n")
+    return out.getvalue()
+
+
+def _bar_chart(path: Path, evals: list[dict], title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    variants = sorted({e["variant"] for e in evals})
+    stages = sorted({e["stage"] for e in evals},
+                    key=lambda s: (STAGE_ORDER.index(s) if s in STAGE_ORDER else 1, s))
+    value = {(e["variant"], e["stage"]): 100 * e["miou"] for e in evals}
+    width = 0.8 / len(stages)
+    fig, ax = plt.subplots(figsize=(max(4.0, 1.6 * len(variants) + 2), 3.6), dpi=120)
+    x = np.arange(len(variants))
+    for k, stage in enumerate(stages):
+        vals = [value.get((v, stage), np.nan) for v in variants]
+        bars = ax.bar(x + (k - (len(stages) - 1) / 2) * width, vals, width, label=stage)
+        ax.bar_label(bars, fmt="%.1f", fontsize=8, padding=2)
+    ax.set_xticks(x, variants)
+    ax.set_ylabel("mIoU (%)")
+    ax.set_ylim(0, 100)
+    ax.set_title(title or "mIoU per variant and stage")
+    ax.legend(frameon=False, fontsize=8, ncols=len(stages))
+    ax.spines[["top", "right"]].set_visible(False)
+    fig.tight_layout()
+    with atomic_path(path, suffix=".png") as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+
+
+def write_summary(eval_paths: Sequence[str | Path], csv_path: str | Path, md_path: str | Path,
+                  png_path: str | Path, title: str = "") -> None:
+    evals = load_evaluations(eval_paths)
+    columns, rows = summary_rows(evals)
+    with atomic_path(csv_path) as tmp, open(tmp, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
+    with atomic_path(md_path) as tmp:
+        tmp.write_text(_markdown(columns, rows, title))
+    _bar_chart(Path(png_path), evals, title)

@@ -1,0 +1,38 @@
+"""The configs that ship with the repository are valid, and the schema knows the registries."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+from snakemake.utils import validate
+
+from wsss.methods import METHODS
+from wsss.models.backbones import BACKBONES
+
+REPO = Path(__file__).resolve().parents[1]
+SCHEMA = REPO / "workflow" / "schemas" / "config.schema.yaml"
+
+
+CONFIGS = [REPO / "config.yaml", *sorted((REPO / "workflow" / "configs").glob("*.yaml"))]
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_shipped_configs_validate(path):
+    cfg = yaml.safe_load(path.read_text())
+    validate(cfg, str(SCHEMA))
+    for name in cfg["run"]["variants"]:
+        assert name in cfg["methods"]
+
+
+def test_schema_enums_match_the_registries():
+    defs = yaml.safe_load(SCHEMA.read_text())["$defs"]
+    assert set(defs["method"]["properties"]["method"]["enum"]) == set(METHODS)
+    assert set(defs["backbone"]["properties"]["name"]["enum"]) == set(BACKBONES)
+
+
+def test_conda_env_has_the_same_pins_as_requirements():
+    pins = [line.strip() for line in (REPO / "requirements.txt").read_text().splitlines()
+            if line.strip() and not line.startswith("#")]
+    env = yaml.safe_load((REPO / "envs" / "wsss.yaml").read_text())
+    pip = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict))
+    assert pip == pins

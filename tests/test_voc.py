@@ -1,0 +1,161 @@
+"""VOC reader and dataset index on the tiny fixture."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import TINY_CLASSES, TINY_TRAIN, TINY_VAL
+from PIL import Image
+
+from wsss.data.index import build_index, read_index, write_index
+from wsss.data.voc import VOC_CLASSES, VOC_PALETTE, DatasetError, VocDataset, save_mask
+
+
+def test_voc_constants():
+    assert len(VOC_CLASSES) == 20
+    assert VOC_CLASSES[0] == "aeroplane" and VOC_CLASSES[-1] == "tvmonitor"
+    assert len(VOC_PALETTE) == 768
+    assert VOC_PALETTE[3:6] == [128, 0, 0]
+    assert VOC_PALETTE[-3:] == [224, 224, 192]
+
+
+def test_ids_stay_strings_and_classes_from_file(tiny_voc_config):
+    ds = VocDataset.from_config(tiny_voc_config)
+    assert ds.classes == TINY_CLASSES and ds.num_classes == 2
+    ids = ds.ids("train")
+    assert ids == list(TINY_TRAIN)
+    assert all(isinstance(i, str) for i in ids)
+    assert "2007_000032" in ids
+    assert ds.ids("train_aug") == ids  # SBD-style list lines give the same ids
+
+
+def test_classes_default_to_voc(tiny_voc_config, tiny_voc):
+    (tiny_voc / "classes.txt").unlink()
+    assert VocDataset.from_config(tiny_voc_config).classes == VOC_CLASSES
+    explicit = VocDataset.from_config({**tiny_voc_config, "classes": ["a", "b", "c"]})
+    assert explicit.classes == ("a", "b", "c")
+
+
+def test_images_masks_and_labels(tiny_voc_config):
+    ds = VocDataset.from_config(tiny_voc_config)
+    for table in (TINY_TRAIN, TINY_VAL):
+        for image_id, (h, w, objects) in table.items():
+            image, mask = ds.load_image(image_id), ds.load_mask(image_id)
+            assert image.shape == (h, w, 3) and image.dtype == np.uint8
+            assert mask.shape == (h, w) and mask.dtype == np.uint8
+            assert set(np.unique(mask)) <= {0, 1, 2, 255} and 255 in mask
+            expected = sorted({k for k, _, _ in objects})
+            labels = ds.image_labels(image_id)
+            assert labels.dtype == np.int64 and labels.tolist() == expected
+            vec = ds.label_vector(image_id)
+            assert vec.dtype == np.float32 and vec.shape == (2,)
+            assert np.flatnonzero(vec).tolist() == expected
+    sizes = {ds.load_image(i).shape for i in ds.ids("train")}
+    assert len(sizes) == len(TINY_TRAIN)  # every image has its own size
+
+
+def test_labels_from_xml_and_sbd_masks(tiny_voc_config, tiny_voc):
+    ds = VocDataset.from_config({**tiny_voc_config, "label_source": "xml"})
+    from_masks = VocDataset.from_config(tiny_voc_config)
+    for image_id in ds.ids("val"):
+        assert ds.image_labels(image_id).tolist() == from_masks.image_labels(image_id).tolist()
+    # xml labels do not read masks at all
+    (tiny_voc / "SegmentationClass" / "2010_000001.png").unlink()
+    assert ds.image_labels("2010_000001").tolist() == [0]
+    aug = VocDataset.from_config({**tiny_voc_config, "mask_dir": "SegmentationClassAug"})
+    assert aug.mask_path("2007_000032") == tiny_voc / "SegmentationClassAug" / "2007_000032.png"
+    assert aug.image_labels("2007_000032").tolist() == [0]
+
+
+def test_mode_l_mask_and_png_image(tiny_voc_config, tiny_voc):
+    ds = VocDataset.from_config(tiny_voc_config)
+    mask = ds.load_mask("2007_000032")
+    Image.fromarray(mask).save(ds.mask_path("2007_000032"))  # mode L
+    assert np.array_equal(ds.load_mask("2007_000032"), mask)
+    jpg = ds.image_path("2007_000032")
+    Image.open(jpg).save(jpg.with_suffix(".png"))
+    jpg.unlink()
+    assert ds.image_path("2007_000032").suffix == ".png"
+    assert ds.load_image("2007_000032").shape == (40, 56, 3)
+
+
+def test_save_mask_roundtrip(tmp_path):
+    mask = np.array([[0, 1, 255], [20, 2, 0]], dtype=np.uint8)
+    save_mask(tmp_path / "m.png", mask)
+    with Image.open(tmp_path / "m.png") as im:
+        assert im.mode == "P"
+        assert im.getpalette()[255 * 3 : 256 * 3] == [224, 224, 192]
+        assert np.array_equal(np.array(im), mask)
+    assert [p.name for p in tmp_path.iterdir()] == ["m.png"]  # no temp file left
+
+
+def test_bad_mask_value_names_the_id(tiny_voc_config):
+    ds = VocDataset.from_config(tiny_voc_config)
+    mask = ds.load_mask("2008_000123")
+    mask[0, 0] = 7
+    save_mask(ds.mask_path("2008_000123"), mask)
+    with pytest.raises(DatasetError, match=r"2008_000123.*\[7\]"):
+        ds.load_mask("2008_000123")
+
+
+def test_missing_and_corrupt_files(tiny_voc_config, tiny_voc):
+    ds = VocDataset.from_config(tiny_voc_config)
+    image = tiny_voc / "JPEGImages" / "2007_000039.jpg"
+    image.unlink()
+    with pytest.raises(DatasetError, match=str(image)):
+        ds.load_image("2007_000039")
+    mask = ds.mask_path("2011_003276")
+    mask.unlink()
+    with pytest.raises(DatasetError, match=str(mask)):
+        ds.load_mask("2011_003276")
+    ds.image_path("2007_000032").write_bytes(b"not a jpeg")
+    with pytest.raises(DatasetError, match="2007_000032"):
+        ds.load_image("2007_000032")
+    ds.mask_path("2007_000032").write_bytes(b"\x89PNG broken")
+    with pytest.raises(DatasetError, match="2007_000032"):
+        ds.load_mask("2007_000032")
+
+
+def test_config_errors(tiny_voc_config, tmp_path):
+    missing = tmp_path / "nowhere"
+    with pytest.raises(DatasetError, match=str(missing)):
+        VocDataset.from_config({**tiny_voc_config, "root": str(missing)})
+    ds = VocDataset.from_config(tiny_voc_config)
+    with pytest.raises(DatasetError, match="'test'"):
+        ds.ids("test")
+    (Path(tiny_voc_config["root"]) / "ImageSets/Segmentation/val.txt").unlink()
+    with pytest.raises(DatasetError, match="val.txt"):
+        ds.ids("val")
+    with pytest.raises(DatasetError, match="label_source"):
+        VocDataset.from_config({**tiny_voc_config, "label_source": "csv"})
+    with pytest.raises(DatasetError, match="colour"):
+        VocDataset.from_config({**tiny_voc_config, "colour": 1})
+
+
+def test_index_build_write_read(tiny_voc_config, tmp_path):
+    ds = VocDataset.from_config(tiny_voc_config)
+    serial = build_index(ds, ["train", "val"])
+    assert build_index(ds, ["train", "val"], threads=2) == serial
+    assert serial["classes"] == list(TINY_CLASSES)
+    train = serial["splits"]["train"]
+    assert train["ids"] == list(TINY_TRAIN)
+    assert train["sizes"]["2007_000032"] == [40, 56]
+    assert train["labels"]["2008_000123"] == [0, 1]
+    assert train["no_foreground"] == []
+    path = tmp_path / "out" / "index.json"
+    write_index(path, serial)
+    assert read_index(path) == json.loads(json.dumps(serial))
+
+
+def test_index_no_foreground_and_errors(tiny_voc_config, tmp_path):
+    ds = VocDataset.from_config(tiny_voc_config)
+    save_mask(ds.mask_path("2010_000001"), np.zeros((40, 48), np.uint8))
+    assert build_index(ds, ["val"])["splits"]["val"]["no_foreground"] == ["2010_000001"]
+    save_mask(ds.mask_path("2007_000042"), np.zeros((10, 10), np.uint8))  # wrong size
+    with pytest.raises(DatasetError, match="2007_000042"):
+        build_index(ds, ["val"], threads=2)
+    with pytest.raises(DatasetError, match="nothing.json"):
+        read_index(tmp_path / "nothing.json")

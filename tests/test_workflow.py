@@ -1,0 +1,127 @@
+"""Snakemake runs of the real workflow in temporary directories."""
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"),
+           "--directory", str(workdir), "--configfile", str(workdir / "config.yaml"),
+           "--cores", "2", *args]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"snakemake failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}")
+    return proc
+
+
+def _write_config(workdir: Path, cfg: dict) -> None:
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+
+
+def _tiny_config() -> dict:
+    """The default config shrunk to seconds: few images, one epoch, one scale, two variants."""
+    cfg = yaml.safe_load((REPO / "config.yaml").read_text())
+    cfg["dataset"]["synthetic"].update(num_train=24, num_val=8)
+    base = cfg["methods"]["baseline"]
+    base["training"].update(epochs=1, batch_size=8)
+    base["inference"].update(scales=[1.0])
+    cfg["methods"]["other"] = json.loads(json.dumps(base))
+    cfg["run"]["variants"] = ["baseline", "other"]
+    cfg["refiners"]["crf_power"] = {"refiner": "crf", "bg": {"mode": "power", "alpha": 8},
+                                    "iterations": 2}
+    cfg["run"]["refiners"] = ["crf", "crf_power"]
+    return cfg
+
+
+def _planned_jobs(proc: subprocess.CompletedProcess) -> dict[str, int]:
+    """Job counts from a dry run's 'Job stats' table."""
+    text = proc.stdout + proc.stderr
+    table = text[text.index("Job stats:"):]
+    return {m.group(1): int(m.group(2))
+            for m in re.finditer(r"^(\w+)\s+(\d+)$", table, flags=re.M) if m.group(1) != "total"}
+
+
+def test_dry_run_of_the_default_config(tmp_path):
+    _write_config(tmp_path, yaml.safe_load((REPO / "config.yaml").read_text()))
+    jobs = _planned_jobs(_snakemake(tmp_path, "-n"))
+    assert jobs == {"synthetic_data": 1, "dataset_index": 1, "train_classifier": 1, "cams": 1,
+                    "evaluate_seeds": 1, "refine_crf": 1, "evaluate_labels": 1, "summary": 1,
+                    "all": 1}
+
+
+@pytest.mark.workflow
+def test_tiny_run_then_only_the_changed_branch_reruns(tmp_path):
+    cfg = _tiny_config()
+    _write_config(tmp_path, cfg)
+    _snakemake(tmp_path)
+    results = tmp_path / "results" / "synthetic"
+    summary = (results / "summary.md").read_text()
+    for name in ("baseline", "other", "seeds_miou", "crf_miou", "crf_power_miou"):
+        assert name in summary
+    seeds = json.loads((results / "baseline" / "cams" / "train.eval.json").read_text())
+    assert 0.0 < seeds["miou"] <= 1.0 and seeds["num_images"] == 24
+    assert len(seeds["curve"]) == 96
+    for rule in ("train_classifier/baseline", "cams/baseline/train", "summary"):
+        assert (results / "benchmarks" / f"{rule}.tsv").exists()
+    assert _snakemake(tmp_path, "-n").stdout.count("Nothing to be done") == 1
+
+    # a training setting of one variant: that variant's classifier and everything after it
+    cfg["methods"]["other"]["training"]["lr"] = 0.02
+    _write_config(tmp_path, cfg)
+    assert _planned_jobs(_snakemake(tmp_path, "-n")) == {
+        "train_classifier": 1, "cams": 1, "evaluate_seeds": 1, "refine_crf": 2,
+        "evaluate_labels": 2, "summary": 1, "all": 1}
+
+    # a setting of one refiner: that refiner's labels of every variant, nothing upstream
+    cfg["methods"]["other"]["training"]["lr"] = _tiny_config()["methods"]["other"]["training"]["lr"]
+    cfg["refiners"]["crf_power"]["iterations"] = 3
+    _write_config(tmp_path, cfg)
+    proc = _snakemake(tmp_path, "-n")
+    assert _planned_jobs(proc) == {"refine_crf": 2, "evaluate_labels": 2, "summary": 1, "all": 1}
+    assert "crf_power" in proc.stdout and "/crf/labels" not in proc.stdout
+
+
+def _expect_config_error(tmp_path, cfg, *fragments):
+    _write_config(tmp_path, cfg)
+    proc = _snakemake(tmp_path, "-n", check=False)
+    assert proc.returncode != 0
+    out = proc.stdout + proc.stderr
+    for fragment in fragments:
+        assert fragment in out, out[-3000:]
+    assert not (tmp_path / "results").exists()
+
+
+def test_misspelt_key_is_named(tmp_path):
+    cfg = yaml.safe_load((REPO / "config.yaml").read_text())
+    cfg["methods"]["baseline"]["trainig"] = cfg["methods"]["baseline"].pop("training")
+    _expect_config_error(tmp_path, cfg, "trainig")
+
+
+def test_unknown_names_list_the_allowed_ones(tmp_path):
+    cfg = yaml.safe_load((REPO / "config.yaml").read_text())
+    cfg["methods"]["baseline"]["method"] = "camm"
+    _expect_config_error(tmp_path, cfg, "camm", "baseline")
+    cfg = yaml.safe_load((REPO / "config.yaml").read_text())
+    cfg["methods"]["baseline"]["backbone"]["name"] = "resnet5"
+    _expect_config_error(tmp_path, cfg, "resnet5", "resnet50")
+    cfg = yaml.safe_load((REPO / "config.yaml").read_text())
+    cfg["refiners"]["crf"]["refiner"] = "psaa"
+    _expect_config_error(tmp_path, cfg, "psaa", "crf")
+
+
+def test_bad_value_and_unknown_variant_are_named(tmp_path):
+    cfg = yaml.safe_load((REPO / "config.yaml").read_text())
+    cfg["methods"]["baseline"]["training"]["lr"] = -1
+    _expect_config_error(tmp_path, cfg, "lr")
+    cfg = yaml.safe_load((REPO / "config.yaml").read_text())
+    cfg["run"]["variants"] = ["baselin"]
+    _expect_config_error(tmp_path, cfg, "run.variants", "baselin")

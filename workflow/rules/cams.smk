@@ -1,0 +1,29 @@
+# CAM stage: multi-scale + flip class activation maps of a split, to HDF5 (one group per image).
+
+
+rule cams:
+    output:
+        f"{RESULTS}/{{variant}}/cams/{{split}}.h5",
+    input:
+        classifier=rules.train_classifier.output,
+        index=rules.dataset_index.output,
+        code=code("cams.py"),
+    params:
+        block=method_block,
+        dataset=DATASET_JSON,
+        device=config["device"],
+    threads: CPU_THREADS
+    resources:
+        gpu=1,
+        mem_mb=8000,
+        runtime=120,
+    log:
+        f"{LOGS}/cams/{{variant}}/{{split}}.log",
+    benchmark:
+        f"{BENCH}/cams/{{variant}}/{{split}}.tsv"
+    conda:
+        ENV
+    shell:
+        "wsss cams --dataset {params.dataset:q} --index {input.index} --split {wildcards.split}"
+        " --variant {wildcards.variant} --config {params.block:q} --checkpoint {input.classifier}"
+        " --device {params.device} --threads {threads} --out {output} > {log} 2>&1"

@@ -1,0 +1,49 @@
+# Evaluation stage: seeds (background-threshold sweep over CAMs) and pseudo-labels against the
+# ground truth; small JSON files next to what they judge.
+
+
+rule evaluate_seeds:
+    output:
+        f"{RESULTS}/{{variant}}/cams/{{split}}.eval.json",
+    input:
+        cams=f"{RESULTS}/{{variant}}/cams/{{split}}.h5",
+        code=code("evaluate.py", "metrics.py"),
+    params:
+        dataset=DATASET_JSON,
+        evaluation=as_json(config["evaluation"]),
+    threads: CPU_THREADS
+    resources:
+        mem_mb=4000,
+    log:
+        f"{LOGS}/evaluate_seeds/{{variant}}/{{split}}.log",
+    benchmark:
+        f"{BENCH}/evaluate_seeds/{{variant}}/{{split}}.tsv"
+    conda:
+        ENV
+    shell:
+        "wsss eval-seeds --dataset {params.dataset:q} --cams {input.cams} --split {wildcards.split}"
+        " --variant {wildcards.variant} --evaluation {params.evaluation:q} --threads {threads}"
+        " --out {output} > {log} 2>&1"
+
+
+rule evaluate_labels:
+    output:
+        f"{RESULTS}/{{variant}}/{{refiner}}/labels/{{split}}.eval.json",
+    input:
+        labels=f"{RESULTS}/{{variant}}/{{refiner}}/labels/{{split}}.h5",
+        code=code("evaluate.py", "metrics.py"),
+    params:
+        dataset=DATASET_JSON,
+    threads: CPU_THREADS
+    resources:
+        mem_mb=4000,
+    log:
+        f"{LOGS}/evaluate_labels/{{variant}}/{{refiner}}/{{split}}.log",
+    benchmark:
+        f"{BENCH}/evaluate_labels/{{variant}}/{{refiner}}/{{split}}.tsv"
+    conda:
+        ENV
+    shell:
+        "wsss eval-labels --dataset {params.dataset:q} --labels {input.labels}"
+        " --split {wildcards.split} --variant {wildcards.variant} --stage {wildcards.refiner}"
+        " --threads {threads} --out {output} > {log} 2>&1"
