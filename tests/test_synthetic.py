@@ -31,7 +31,7 @@ def test_deterministic_and_independent_of_threads(small_set, tmp_path):
     synthetic.generate(tmp_path / "again", SMALL)
     synthetic.generate(tmp_path / "threads", SMALL, threads=2)
     reference = _files(small_set)
-    assert len(reference) == 2 * 16 + 4
+    assert len(reference) == 3 * 16 + 4
     assert _files(tmp_path / "again") == reference
     assert _files(tmp_path / "threads") == reference
     synthetic.generate(tmp_path / "other", {**SMALL, "seed": 1})
@@ -59,7 +59,7 @@ def test_readable_through_voc_reader(small_set):
 
 def test_void_band_is_thin():
     cfg = synthetic.resolve_config({})
-    image, mask, _ = synthetic.render_image(cfg, "train", 0)
+    mask = synthetic.render_image(cfg, "train", 0).mask
     void = mask == VOID
     assert 0 < void.mean() < 0.2
     # every void pixel touches a labelled pixel of some class, i.e. the band is at most ~2 px wide
@@ -71,7 +71,7 @@ def test_void_band_is_thin():
     ]
     touches = np.any([n != VOID for n in neighbours], axis=0)
     assert touches[void].all()
-    no_void = synthetic.render_image({**cfg, "void_width": 0}, "train", 0)[1]
+    no_void = synthetic.render_image({**cfg, "void_width": 0}, "train", 0).mask
     assert not (no_void == VOID).any()
 
 
@@ -79,7 +79,7 @@ def test_cooccurrence_statistics():
     cfg = synthetic.resolve_config({"min_side": 40, "max_side": 48})
     water_with, with_count, water_without, without_count = 0, 0, 0, 0
     for i in range(240):
-        _, mask, background = synthetic.render_image(cfg, "train", i)
+        _, mask, _, background = synthetic.render_image(cfg, "train", i)
         present = {synthetic.CLASS_SPECS[v - 1].name for v in np.unique(mask) if 1 <= v <= 6}
         if present & {"wedge", "ring"}:
             with_count += 1
@@ -93,7 +93,7 @@ def test_cooccurrence_statistics():
     # the extremes are exact
     strict = synthetic.resolve_config({"cooccur_prob": 1.0, "rare_prob": 0.0})
     for i in range(30):
-        _, mask, background = synthetic.render_image(strict, "val", i)
+        _, mask, _, background = synthetic.render_image(strict, "val", i)
         present = {synthetic.CLASS_SPECS[v - 1].name for v in np.unique(mask) if 1 <= v <= 6}
         assert (background == "water") == bool(present & {"wedge", "ring"})
 
@@ -138,3 +138,16 @@ def test_cli_writes_dataset_and_preview(tmp_path, capsys):
     assert rc == 0
     assert (tmp_path / "p.png").is_file()
     assert json.loads(capsys.readouterr().out)["train"]["images"] == 4
+
+
+def test_parts_are_small_and_inside_their_object():
+    cfg = synthetic.resolve_config({"min_side": 64, "max_side": 80})
+    fractions = []
+    for i in range(20):
+        sample = synthetic.render_image(cfg, "train", i)
+        mask, parts = sample.mask, sample.parts
+        on = parts > 0
+        assert np.all((mask[on] == parts[on]) | (mask[on] == VOID))
+        for v in np.unique(parts[on]):
+            fractions.append((parts == v).sum() / ((mask == v) | (parts == v)).sum())
+    assert 0.04 < np.median(fractions) < 0.14

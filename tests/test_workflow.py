@@ -50,6 +50,13 @@ def _planned_jobs(proc: subprocess.CompletedProcess) -> dict[str, int]:
             for m in re.finditer(r"^(\w+)\s+(\d+)$", table, flags=re.M) if m.group(1) != "total"}
 
 
+def _planned_outputs(proc: subprocess.CompletedProcess, rule: str) -> list[str]:
+    """Outputs of the planned jobs of one rule in a dry run."""
+    blocks = re.split(r"\n(?=(?:local)?rule \w+:)", proc.stdout + proc.stderr)
+    return [m.group(1).strip() for b in blocks if re.match(rf"(?:local)?rule {rule}:", b)
+            for m in [re.search(r"output: (.+)", b)] if m]
+
+
 def test_dry_run_of_the_default_config(tmp_path):
     _write_config(tmp_path, yaml.safe_load((REPO / "config.yaml").read_text()))
     jobs = _planned_jobs(_snakemake(tmp_path, "-n"))
@@ -69,7 +76,7 @@ def test_tiny_run_then_only_the_changed_branch_reruns(tmp_path):
         assert name in summary
     seeds = json.loads((results / "baseline" / "cams" / "train.eval.json").read_text())
     assert 0.0 < seeds["miou"] <= 1.0 and seeds["num_images"] == 24
-    assert len(seeds["curve"]) == 96
+    assert len(seeds["curve"]["miou"]) == 96 and seeds["curve"]["threshold"][-1] == 0.95
     for rule in ("train_classifier/baseline", "cams/baseline/train", "summary"):
         assert (results / "benchmarks" / f"{rule}.tsv").exists()
     assert _snakemake(tmp_path, "-n").stdout.count("Nothing to be done") == 1
@@ -87,7 +94,9 @@ def test_tiny_run_then_only_the_changed_branch_reruns(tmp_path):
     _write_config(tmp_path, cfg)
     proc = _snakemake(tmp_path, "-n")
     assert _planned_jobs(proc) == {"refine_crf": 2, "evaluate_labels": 2, "summary": 1, "all": 1}
-    assert "crf_power" in proc.stdout and "/crf/labels" not in proc.stdout
+    outputs = _planned_outputs(proc, "refine_crf")
+    assert sorted(outputs) == [f"results/synthetic/{v}/crf_power/labels/train.h5"
+                               for v in ("baseline", "other")]
 
 
 def _expect_config_error(tmp_path, cfg, *fragments):

@@ -44,7 +44,7 @@ import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -441,8 +441,15 @@ def _choose_background(cfg: dict, rng: np.random.Generator, present: set[str]) -
     return free[rng.integers(len(free))]
 
 
-def render_image(cfg: dict, split: str, index: int) -> tuple[np.ndarray, np.ndarray, str]:
-    """(RGB uint8 image, uint8 mask, background name) of one image; cfg must be resolved."""
+class Sample(NamedTuple):
+    image: np.ndarray  # H×W×3 uint8 RGB
+    mask: np.ndarray  # H×W uint8: 0 background, k+1 class k, 255 void band
+    parts: np.ndarray  # H×W uint8: k+1 on the visible pixels of class k's part, else 0
+    background: str
+
+
+def render_image(cfg: dict, split: str, index: int) -> Sample:
+    """One image with its masks; `cfg` must come from resolve_config."""
     rng = np.random.default_rng((cfg["seed"], SPLITS.index(split), index))
     h, w = (int(v) for v in rng.integers(cfg["min_side"], cfg["max_side"] + 1, size=2))
     p = np.asarray(cfg["objects_p"], dtype=float)
@@ -457,6 +464,7 @@ def render_image(cfg: dict, split: str, index: int) -> tuple[np.ndarray, np.ndar
     background = _choose_background(cfg, rng, present)
 
     image = _background(background, rng, h, w)
+    parts = np.zeros((h, w), dtype=np.uint8)
     for k, pl, alpha in placed:
         spec = CLASS_SPECS[k]
         body = _body(spec, cfg, rng, pl, h, w)
@@ -468,11 +476,14 @@ def render_image(cfg: dict, split: str, index: int) -> tuple[np.ndarray, np.ndar
         pattern = _part_pattern(spec, pl, center, part_r * np.sqrt(pl.sx * pl.sy), h, w)
         body = body * (1 - part_alpha[..., None]) + pattern * part_alpha[..., None]
         image = image * (1 - alpha[..., None]) + body * alpha[..., None]
+        inside = alpha >= 0.5
+        parts[inside] = 0  # this object hides earlier parts
+        parts[inside & (part_alpha >= 0.5)] = k + 1
     if cfg["noise_std"] > 0:
         image = image + rng.normal(0, cfg["noise_std"], size=image.shape)
     if cfg["void_width"] > 0:
         label[_void_band(label, cfg["void_width"])] = VOID
-    return np.clip(np.rint(image), 0, 255).astype(np.uint8), label, background
+    return Sample(np.clip(np.rint(image), 0, 255).astype(np.uint8), label, parts, background)
 
 
 # ---------------------------------------------------------------- dataset
@@ -484,7 +495,7 @@ def image_id(split: str, index: int) -> str:
 
 def _write_one(args: tuple[Path, dict, str, int]) -> tuple[str, str, list[int]]:
     out, cfg, split, index = args
-    image, label, background = render_image(cfg, split, index)
+    image, label, parts, background = render_image(cfg, split, index)
     name = image_id(split, index)
     Image.fromarray(image).save(
         out / "JPEGImages" / f"{name}.jpg",
@@ -493,6 +504,7 @@ def _write_one(args: tuple[Path, dict, str, int]) -> tuple[str, str, list[int]]:
         subsampling=0,
     )
     save_mask(out / "SegmentationClass" / f"{name}.png", label)
+    save_mask(out / "SegmentationPart" / f"{name}.png", parts)
     values = np.unique(label)
     labels = [int(v) - 1 for v in values if 1 <= v <= cfg["num_classes"]]
     if not labels:  # cannot happen by construction; a silent empty image would skew benchmarks
@@ -547,7 +559,7 @@ def generate(root: str | os.PathLike, cfg: dict[str, Any] | None = None, threads
     tmp = root.parent / f".{root.name}.tmp"
     if tmp.exists():
         shutil.rmtree(tmp)  # left by a killed run
-    for sub in ("JPEGImages", "SegmentationClass", "ImageSets/Segmentation"):
+    for sub in ("JPEGImages", "SegmentationClass", "SegmentationPart", "ImageSets/Segmentation"):
         (tmp / sub).mkdir(parents=True)
 
     names = [spec.name for spec in CLASS_SPECS[: cfg["num_classes"]]]
