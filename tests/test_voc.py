@@ -30,6 +30,7 @@ def test_ids_stay_strings_and_classes_from_file(tiny_voc_config):
     assert all(isinstance(i, str) for i in ids)
     assert "2007_000032" in ids
     assert ds.ids("train_aug") == ids  # SBD-style list lines give the same ids
+    assert hash(ds) == hash(VocDataset.from_config(tiny_voc_config))  # usable as a cache key
 
 
 def test_classes_default_to_voc(tiny_voc_config, tiny_voc):

@@ -64,7 +64,7 @@ def cmd_train(args) -> None:
     from wsss.data.index import read_index
     from wsss.data.transforms import ClassificationSet
     from wsss.methods import build_method
-    from wsss.train import fit, pick_device
+    from wsss.train import fit, pick_device, seed_everything
 
     _set_torch_threads(_threads(args))
     ds = _dataset(args.dataset)
@@ -75,6 +75,7 @@ def cmd_train(args) -> None:
     log.info("training on %d images of split '%s'; skipped %d without foreground labels",
              len(ids), args.split, skipped)
     cfg = args.config
+    seed_everything(cfg["training"]["seed"])  # the initial weights are part of the experiment
     method = build_method(cfg, ds.num_classes)
     trainset = ClassificationSet(ds, ids, split["labels"], cfg["training"],
                                  seed=cfg["training"]["seed"])
@@ -105,7 +106,7 @@ def cmd_cams(args) -> None:
     method.load_state_dict(state["method"])
     method.to(pick_device(args.device))
     attrs = {"classes": list(ds.classes), "method": cfg["method"], "variant": args.variant,
-             "config": cfg, "split": args.split, "dataset": args.dataset["name"]}
+             "config": cfg, "split": args.split, "dataset": args.dataset.get("name", "")}
     speed = extract_cams(method, ds, split["ids"], split["labels"], cfg["inference"], args.out,
                          attrs)
     log.info("CAMs of %d images in %.1f s (%.1f images/s)", speed["images"], speed["seconds"],

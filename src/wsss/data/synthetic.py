@@ -6,24 +6,26 @@ along every label boundary as in VOC. Image sides vary (default 72-112 px, mostl
 
 Partial activation. Every class (disc, box, wedge, ring, star, cross, diamond, hexagon) has:
   * a PART: a small disc (`part_frac` of the object area, default 8 %) at a fixed, class-specific
-    position in the object's own frame (disc: upper right, box: top-left corner, wedge: near the
-    apex, ring: on the lower-right band, star: centre, cross: end of the right arm, diamond: lower
-    half, hexagon: lower left). It carries a saturated colour pair and pattern unique to the class
-    (checker / bullseye / stripes, e.g. disc = yellow-black checker, wedge = white-red stripes).
-    No body or background uses these colours, so the part alone identifies the class.
-  * a BODY whose statistics are class-specific but overlap: hue drawn around a class centre inside
-    one shared purple-red-orange band (centres 280-378, 13-15 degrees apart, std 15), a class-
+    place in the object's own frame (disc: upper right, box: top-left corner, wedge: near the
+    apex, ring: lower-right band, star: base of the upper arm, cross: end of the right arm,
+    diamond: lower half, hexagon: lower left). It carries a saturated colour pair and pattern
+    unique to the class (checker / bullseye / stripes; e.g. disc = yellow-black checker, wedge =
+    white-red stripes). No body or background uses these colours, so the part alone identifies
+    the class.
+  * a BODY whose statistics are class-specific but overlap: hue drawn around a class centre in
+    one shared purple-red-orange band (centres 280-378 degrees, 13-15 apart, std 15), a class-
     preferred texture (stripes, dots, smooth noise, gradient) used only half of the time, random
-    size, aspect and rotation. A classifier gets the class far more cheaply from the part than
-    from the body, so plain CAMs light up the part and miss the body.
-  The body band (hues clipped to 265-395, saturation >= 0.35) stays clear of all backgrounds
+    size, aspect and rotation. The part is a far cheaper cue than the body, so plain CAMs peak on
+    the part and miss most of the body.
+  Body hues are clipped to 265-395 degrees with saturation >= 0.35, clear of every background
   (green grass, pale tan sand, blue water, light-blue sky), so a method that expands from the
-  part CAN recover the whole object from low-level cues.
+  part CAN recover the whole object from low-level cues. SegmentationPart/<id>.png marks the
+  visible part pixels (value k+1 for class k) so the part/body split of a CAM can be measured.
 
 Co-occurrence leakage. `cooccur` maps a background to classes (default water -> wedge, ring).
 An image containing any of those classes gets that background with probability `cooccur_prob`
 (default 0.85); every other image gets it with probability `rare_prob` (default 0.05). Water
-thus becomes evidence for "wedge"/"ring" and their plain CAMs leak onto the waves.
+thus becomes evidence for wedge and ring, and their plain CAMs leak onto the waves.
 generator.json records the mapping ("cooccurring"), each image's background
 ("image_backgrounds") and the realised statistics, so leakage can be measured per background.
 
@@ -97,7 +99,7 @@ CLASS_SPECS: tuple[ClassSpec, ...] = (
     ClassSpec("box", "rectangle", (-0.6, -0.4), "bullseye", (_CYAN, _BLACK), 325.0, "stripes"),
     ClassSpec("wedge", "triangle", (0.0, -0.4), "stripes", (_WHITE, _RED), 352.0, "gradient"),
     ClassSpec("ring", "ring", (0.55, 0.55), "checker", (_LIME, _BLUE), 366.0, "dots"),
-    ClassSpec("star", "star", (0.0, 0.0), "bullseye", (_ORANGE, _WHITE), 280.0, "stripes"),
+    ClassSpec("star", "star", (0.0, -0.4), "bullseye", (_ORANGE, _WHITE), 280.0, "stripes"),
     ClassSpec("cross", "cross", (0.7, 0.0), "stripes", (_YELLOW, _BLUE), 338.0, "dots"),
     ClassSpec("diamond", "diamond", (0.0, 0.45), "checker", (_WHITE, _BLACK), 310.0, "noise"),
     ClassSpec("hexagon", "hexagon", (-0.4, 0.3), "bullseye", (_CYAN, _RED), 378.0, "gradient"),

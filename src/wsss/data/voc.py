@@ -117,6 +117,11 @@ class VocDataset:
                 f"got {self.label_source!r}"
             )
 
+    def __hash__(self) -> int:
+        # the generated hash would fail on the `splits` dict; callers cache per dataset
+        splits = tuple(sorted(self.splits.items()))
+        return hash((self.root, self.classes, splits, self.mask_dir, self.label_source))
+
     @classmethod
     def from_config(cls, cfg: dict[str, Any]) -> VocDataset:
         """Build from a config dict (keys: root, splits, mask_dir, label_source, classes)."""
