@@ -80,6 +80,7 @@ def test_cams_of_labelled_classes_normalised_at_two_resolutions(tmp_path, indexe
          "--variant", "v", "--config", json.dumps(method), "--checkpoint",
          str(tmp_path / "classifier.pt"), "--out", str(out))
     labels = json.loads(index.read_text())["splits"]["val"]
+    fired = []
     with CamReader(out) as cams:
         assert cams.ids == labels["ids"]
         assert cams.attr("config") == method and cams.attr("scales") == [1.0, 0.5]
@@ -92,7 +93,8 @@ def test_cams_of_labelled_classes_normalised_at_two_resolutions(tmp_path, indexe
             assert low.shape == (len(keys), math.ceil(h / 4), math.ceil(w / 4))
             peaks = cam.reshape(len(keys), -1).max(1)  # 1, or 0 where a class never fires
             assert cam.min() >= 0 and np.all((np.abs(peaks - 1) < 1e-2) | (peaks == 0))
-            assert peaks.max() > 0.99
+            fired.append(peaks.max())
+    assert max(fired) > 0.99
 
 
 def test_missing_dataset_root_is_named_and_nothing_written(tmp_path, tiny_voc_config):
