@@ -61,8 +61,8 @@ def test_dry_run_of_the_default_config(tmp_path):
     _write_config(tmp_path, yaml.safe_load((REPO / "config.yaml").read_text()))
     jobs = _planned_jobs(_snakemake(tmp_path, "-n"))
     assert jobs == {"synthetic_data": 1, "dataset_index": 1, "train_classifier": 1, "cams": 1,
-                    "evaluate_seeds": 1, "refine_crf": 1, "evaluate_labels": 1, "summary": 1,
-                    "all": 1}
+                    "evaluate_seeds": 1, "refine_crf": 1, "evaluate_labels": 1, "failure_modes": 1,
+                    "summary": 1, "all": 1}
 
 
 @pytest.mark.workflow
@@ -85,8 +85,8 @@ def test_tiny_run_then_only_the_changed_branch_reruns(tmp_path):
     cfg["methods"]["other"]["training"]["lr"] = 0.02
     _write_config(tmp_path, cfg)
     assert _planned_jobs(_snakemake(tmp_path, "-n")) == {
-        "train_classifier": 1, "cams": 1, "evaluate_seeds": 1, "refine_crf": 2,
-        "evaluate_labels": 2, "summary": 1, "all": 1}
+        "train_classifier": 1, "cams": 1, "evaluate_seeds": 1, "failure_modes": 1,
+        "refine_crf": 2, "evaluate_labels": 2, "summary": 1, "all": 1}
 
     # a setting of one refiner: that refiner's labels of every variant, nothing upstream
     cfg["methods"]["other"]["training"]["lr"] = _tiny_config()["methods"]["other"]["training"]["lr"]

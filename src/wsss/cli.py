@@ -154,10 +154,24 @@ def cmd_eval_labels(args) -> None:
     log.info("%s %s: mIoU %.4f", args.stage, args.split, result["miou"])
 
 
+def cmd_failure_modes(args) -> None:
+    from wsss.diagnostics import failure_modes, read_generator
+    from wsss.store import versions, write_json
+
+    ds = _dataset(args.dataset)
+    threshold = json.loads(Path(args.seeds_eval).read_text())["best_threshold"]
+    result = failure_modes(args.cams, ds, args.split, read_generator(ds.root), threshold)
+    result.update(variant=args.variant, versions=versions())
+    write_json(args.out, result)
+    log.info("object recall %.3f, background false-positive rate %s", result["mean_object_recall"],
+             {k: round(v, 4) for k, v in result["background_false_positive_rate"].items()})
+
+
 def cmd_summary(args) -> None:
     from wsss.report import write_summary
 
-    write_summary(args.evals, args.csv, args.md, args.png, title=args.title)
+    write_summary(args.evals, args.csv, args.md, args.png, title=args.title,
+                  diagnostics=args.diagnostics)
 
 
 def cmd_export_png(args) -> None:
@@ -241,11 +255,21 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--stage", required=True, help="name of the refiner that made the labels")
     sp.add_argument("--out", required=True)
 
+    sp = stage("failure-modes", cmd_failure_modes,
+               "partial activation and co-occurrence leakage of seeds (synthetic benchmark)")
+    dataset_args(sp)
+    sp.add_argument("--cams", required=True)
+    sp.add_argument("--split", required=True)
+    sp.add_argument("--variant", required=True)
+    sp.add_argument("--seeds-eval", required=True, help="seed evaluation JSON (best threshold)")
+    sp.add_argument("--out", required=True)
+
     sp = stage("summary", cmd_summary, "summary table (csv, md) and bar chart of evaluations")
     sp.add_argument("--evals", nargs="+", required=True)
     sp.add_argument("--csv", required=True)
     sp.add_argument("--md", required=True)
     sp.add_argument("--png", required=True)
+    sp.add_argument("--diagnostics", nargs="*", default=[], help="failure-mode JSON files")
     sp.add_argument("--title", default="")
 
     sp = stage("export-png", cmd_export_png, "write a label HDF5 as VOC palette PNGs")

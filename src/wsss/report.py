@@ -90,8 +90,44 @@ def _bar_chart(path: Path, evals: list[dict], title: str) -> None:
     plt.close(fig)
 
 
+def _failure_mode_table(paths: Sequence[str | Path]) -> str:
+    """Markdown table of the synthetic benchmark's failure modes per variant."""
+    diags = [json.loads(Path(p).read_text()) for p in paths]
+    if not diags:
+        return ""
+    bgs = sorted({b for d in diags for b in d["background_false_positive_rate"]})
+    cooc = sorted({b for d in diags for b in d["cooccurring"]})
+    head = (["variant", "split", "threshold", "object recall", "part recall", "body recall",
+             "CAM part/body"]
+            + [f"FP rate {b}" for b in bgs] + [f"leakage {b}" for b in cooc])
+    out = io.StringIO()
+    out.write("\n## Failure modes of the seeds (synthetic benchmark)\n\n")
+    out.write("Object recall: share of object pixels labelled with their class; part / body "
+              "recall: the same on each object's discriminative part / on the rest of it; CAM "
+              "part/body: mean CAM of the object's class on its part over that on its body "
+              "(> 1 = activation concentrated on the part). FP rate: share of background "
+              "pixels of each background type predicted as foreground; leakage = FP rate on a "
+              "co-occurring background / mean FP rate on the others (co-occurring: "
+              + "; ".join(f"{b}: {', '.join(c)}" for b, c in diags[0]["cooccurring"].items())
+              + ").\n\n")
+    out.write("| " + " | ".join(head) + " |\n|" + "|".join("---" for _ in head) + "|\n")
+    for d in sorted(diags, key=lambda d: (d["variant"], d["split"])):
+        fp = d["background_false_positive_rate"]
+        cells = [d["variant"], d["split"], f"{d['threshold']:.2f}",
+                 f"{100 * d['mean_object_recall']:.1f}"]
+        cells += [f"{100 * d[k]:.1f}" if d.get(k) is not None else ""
+                  for k in ("part_recall", "body_recall")]
+        ratio = d.get("part_body_cam_ratio")
+        cells.append(f"{ratio:.2f}" if ratio is not None else "")
+        cells += [f"{100 * fp[b]:.1f}" if b in fp else "" for b in bgs]
+        cells += [f"{d['leakage_ratio'][b]:.2f}" if b in d["leakage_ratio"] else "" for b in cooc]
+        out.write("| " + " | ".join(cells) + " |\n")
+    return out.getvalue()
+
+
 def write_summary(eval_paths: Sequence[str | Path], csv_path: str | Path, md_path: str | Path,
-                  png_path: str | Path, title: str = "") -> None:
+                  png_path: str | Path, title: str = "",
+                  diagnostics: Sequence[str | Path] = ()) -> None:
     evals = load_evaluations(eval_paths)
     columns, rows = summary_rows(evals)
     with atomic_path(csv_path) as tmp, open(tmp, "w", newline="") as fh:
@@ -99,5 +135,5 @@ def write_summary(eval_paths: Sequence[str | Path], csv_path: str | Path, md_pat
         writer.writeheader()
         writer.writerows(rows)
     with atomic_path(md_path) as tmp:
-        tmp.write_text(_markdown(columns, rows, title))
+        tmp.write_text(_markdown(columns, rows, title) + _failure_mode_table(diagnostics))
     _bar_chart(Path(png_path), evals, title)

@@ -107,5 +107,14 @@ def evaluation_targets() -> list[str]:
     return out
 
 
+def diagnostic_targets() -> list[str]:
+    """Failure-mode measurements: only the synthetic benchmark records what they need."""
+    if config["dataset"]["kind"] != "synthetic":
+        return []
+    run = config["run"]
+    return [f"{RESULTS}/{v}/cams/{s}.failure_modes.json"
+            for v in run["variants"] for s in run["splits"]]
+
+
 def summary_outputs() -> list[str]:
     return [f"{RESULTS}/summary.csv", f"{RESULTS}/summary.md", f"{RESULTS}/summary.png"]

@@ -26,6 +26,29 @@ rule evaluate_seeds:
         " --out {output} > {log} 2>&1"
 
 
+rule failure_modes:
+    output:
+        f"{RESULTS}/{{variant}}/cams/{{split}}.failure_modes.json",
+    input:
+        cams=f"{RESULTS}/{{variant}}/cams/{{split}}.h5",
+        seeds_eval=f"{RESULTS}/{{variant}}/cams/{{split}}.eval.json",
+        code=code("diagnostics.py"),
+    params:
+        dataset=DATASET_JSON,
+    resources:
+        mem_mb=2000,
+    log:
+        f"{LOGS}/failure_modes/{{variant}}/{{split}}.log",
+    benchmark:
+        f"{BENCH}/failure_modes/{{variant}}/{{split}}.tsv"
+    conda:
+        ENV
+    shell:
+        "wsss failure-modes --dataset {params.dataset:q} --cams {input.cams}"
+        " --split {wildcards.split} --variant {wildcards.variant}"
+        " --seeds-eval {input.seeds_eval} --out {output} > {log} 2>&1"
+
+
 rule evaluate_labels:
     output:
         f"{RESULTS}/{{variant}}/{{refiner}}/labels/{{split}}.eval.json",

@@ -8,6 +8,7 @@ rule summary:
         png=report(f"{RESULTS}/summary.png", caption="../report/summary.rst", category="Summary"),
     input:
         evals=evaluation_targets(),
+        diagnostics=diagnostic_targets(),
         code=code("report.py"),
     params:
         title=f"WSSS results on {DATASET}",
@@ -20,4 +21,5 @@ rule summary:
         ENV
     shell:
         "wsss summary --evals {input.evals} --csv {output.csv} --md {output.md}"
-        " --png {output.png} --title {params.title:q} > {log} 2>&1"
+        " --png {output.png} --diagnostics {input.diagnostics} --title {params.title:q}"
+        " > {log} 2>&1"
