@@ -287,13 +287,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     os.environ.setdefault("HDF5_USE_FILE_LOCKING", "FALSE")
     from wsss.data.voc import DatasetError
-    from wsss.methods import MethodError
-    from wsss.models.backbones import BackboneError
+    from wsss.errors import ConfigError
     from wsss.store import StoreError
 
     try:
         args.fn(args)
-    except (DatasetError, StoreError, MethodError, BackboneError, ValueError) as err:
+    except (DatasetError, StoreError, ConfigError, ValueError) as err:
         log.error("%s", err)
         print(f"wsss {args.command}: error: {err}", file=sys.stderr)
         return 1

@@ -15,13 +15,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from wsss.errors import MethodError
 from wsss.models.backbones import build_backbone
 
 METHODS: dict[str, type[Method]] = {}
-
-
-class MethodError(ValueError):
-    """A method name or configuration that cannot be built."""
 
 
 def register(name: str):

@@ -16,11 +16,9 @@ from torch import nn
 from torchvision.models import ResNet50_Weights, ResNet101_Weights, resnet50, resnet101
 from torchvision.models.resnet import BasicBlock, ResNet
 
+from wsss.errors import BackboneError
+
 BACKBONES: dict[str, Callable[..., Backbone]] = {}
-
-
-class BackboneError(ValueError):
-    """A backbone name, stride or weight source that cannot be built."""
 
 
 def register_backbone(name: str):
