@@ -117,7 +117,7 @@ def cmd_eval_seeds(args) -> None:
     import numpy as np
 
     from wsss.evaluate import evaluate_seeds
-    from wsss.store import versions, write_json
+    from wsss.store import CamReader, versions, write_json
 
     ds = _dataset(args.dataset)
     ev = args.evaluation
@@ -125,7 +125,10 @@ def cmd_eval_seeds(args) -> None:
     thresholds = np.round(np.arange(t["start"], t["stop"] + 1e-9, t["step"]), 6)
     result = evaluate_seeds(args.cams, ds, args.split, thresholds, ev["default_threshold"],
                             threads=_threads(args))
-    result.update(stage="seeds", variant=args.variant, evaluation=ev, versions=versions())
+    with CamReader(args.cams) as cams:
+        method_config = cams.attr("config")
+    result.update(stage="seeds", variant=args.variant, evaluation=ev, config=method_config,
+                  versions=versions())
     write_json(args.out, result)
     log.info("seeds %s: mIoU %.4f at threshold %.2f", args.split, result["miou"],
              result["best_threshold"])
@@ -145,11 +148,14 @@ def cmd_crf(args) -> None:
 
 def cmd_eval_labels(args) -> None:
     from wsss.evaluate import evaluate_labels
-    from wsss.store import versions, write_json
+    from wsss.store import LabelReader, versions, write_json
 
     ds = _dataset(args.dataset)
     result = evaluate_labels(args.labels, ds, args.split, threads=_threads(args))
-    result.update(stage=args.stage, variant=args.variant, versions=versions())
+    with LabelReader(args.labels) as labels:
+        refiner_config = labels.attr("refiner")
+    result.update(stage=args.stage, variant=args.variant, config=refiner_config,
+                  versions=versions())
     write_json(args.out, result)
     log.info("%s %s: mIoU %.4f", args.stage, args.split, result["miou"])
 
