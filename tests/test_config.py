@@ -36,3 +36,17 @@ def test_conda_env_has_the_same_pins_as_requirements():
     env = yaml.safe_load((REPO / "envs" / "wsss.yaml").read_text())
     pip = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict))
     assert pip == pins
+
+
+def test_learned_refiner_defaults_are_valid_refiner_blocks():
+    """A config written out from a refiner's DEFAULTS validates (schema and code agree on keys)."""
+    import copy
+
+    from wsss.refine import LEARNED_REFINERS, refiner_module
+
+    cfg = yaml.safe_load((REPO / "config.yaml").read_text())
+    for name in LEARNED_REFINERS:
+        cfg["refiners"][f"{name}_defaults"] = copy.deepcopy(refiner_module(name).DEFAULTS)
+    validate(cfg, str(SCHEMA))
+    defs = yaml.safe_load(SCHEMA.read_text())["$defs"]
+    assert set(defs["refiner"]["properties"]["refiner"]["enum"]) == {"crf", *LEARNED_REFINERS}

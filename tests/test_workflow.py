@@ -38,7 +38,9 @@ def _tiny_config() -> dict:
     cfg["run"]["variants"] = ["baseline", "other"]
     cfg["refiners"]["crf_power"] = {"refiner": "crf", "bg": {"mode": "power", "alpha": 8},
                                     "iterations": 2}
-    cfg["run"]["refiners"] = ["crf", "crf_power"]
+    for name in ("psa", "irn"):
+        cfg["refiners"][name]["training"].update(epochs=1, batch_size=8)
+    cfg["run"]["refiners"] = ["crf", "crf_power", "psa", "irn"]
     return cfg
 
 
@@ -72,7 +74,8 @@ def test_tiny_run_then_only_the_changed_branch_reruns(tmp_path):
     _snakemake(tmp_path)
     results = tmp_path / "results" / "synthetic"
     summary = (results / "summary.md").read_text()
-    for name in ("baseline", "other", "seeds_miou", "crf_miou", "crf_power_miou"):
+    for name in ("baseline", "other", "seeds_miou", "crf_miou", "crf_power_miou", "psa_miou",
+                 "irn_miou"):
         assert name in summary
     seeds = json.loads((results / "baseline" / "cams" / "train.eval.json").read_text())
     assert 0.0 < seeds["miou"] <= 1.0 and seeds["num_images"] == 24
@@ -86,7 +89,8 @@ def test_tiny_run_then_only_the_changed_branch_reruns(tmp_path):
     _write_config(tmp_path, cfg)
     assert _planned_jobs(_snakemake(tmp_path, "-n")) == {
         "train_classifier": 1, "cams": 1, "evaluate_seeds": 1, "failure_modes": 1,
-        "refine_crf": 2, "evaluate_labels": 2, "summary": 1, "all": 1}
+        "refine_crf": 2, "refiner_train_labels": 2, "refiner_train": 2, "refine_learned": 2,
+        "evaluate_labels": 4, "summary": 1, "all": 1}
 
     # a setting of one refiner: that refiner's labels of every variant, nothing upstream
     cfg["methods"]["other"]["training"]["lr"] = _tiny_config()["methods"]["other"]["training"]["lr"]
@@ -97,6 +101,15 @@ def test_tiny_run_then_only_the_changed_branch_reruns(tmp_path):
     outputs = _planned_outputs(proc, "refine_crf")
     assert sorted(outputs) == [f"results/synthetic/{v}/crf_power/labels/train.h5"
                                for v in ("baseline", "other")]
+
+    # a PSA setting: PSA's branches only (its network and labels), not IRN's, not the CAMs
+    cfg["refiners"]["crf_power"]["iterations"] = 2
+    cfg["refiners"]["psa"]["training"]["lr"] = 0.02
+    _write_config(tmp_path, cfg)
+    proc = _snakemake(tmp_path, "-n")
+    assert _planned_jobs(proc) == {"refiner_train": 2, "refine_learned": 2, "evaluate_labels": 2,
+                                   "summary": 1, "all": 1}
+    assert all("/psa/" in o for o in _planned_outputs(proc, "refine_learned"))
 
 
 def _expect_config_error(tmp_path, cfg, *fragments):

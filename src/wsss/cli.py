@@ -146,6 +146,41 @@ def cmd_crf(args) -> None:
             threshold=threshold)
 
 
+def _refiner_module(cfg: dict):
+    from wsss.refine import refiner_module
+
+    return refiner_module(cfg.get("refiner", ""))
+
+
+def cmd_refine_labels(args) -> None:
+    ds = _dataset(args.dataset)
+    _refiner_module(args.config).make_labels(args.cams, ds, args.split, args.config, args.out,
+                                             threads=_threads(args))
+
+
+def cmd_refine_train(args) -> None:
+    from wsss.train import pick_device, seed_everything
+
+    _set_torch_threads(_threads(args))
+    ds = _dataset(args.dataset)
+    seed_everything(args.config["training"]["seed"])
+    out = Path(args.out)
+    weights = _refiner_module(args.config).train(ds, args.split, args.labels, args.config,
+                                                 args.classifier, out.parent,
+                                                 pick_device(args.device))
+    os.replace(weights, out)
+
+
+def cmd_refine(args) -> None:
+    from wsss.train import pick_device
+
+    _set_torch_threads(_threads(args))
+    ds = _dataset(args.dataset)
+    _refiner_module(args.config).refine(args.cams, ds, args.split, args.config, args.weights,
+                                        args.out, pick_device(args.device),
+                                        threads=_threads(args))
+
+
 def cmd_eval_labels(args) -> None:
     from wsss.evaluate import evaluate_labels
     from wsss.store import LabelReader, versions, write_json
@@ -252,6 +287,32 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--seeds-eval", default=None,
                     help="seed evaluation JSON whose best threshold sets the background plane")
     sp.add_argument("--out", required=True)
+
+    sp = stage("refine-labels", cmd_refine_labels,
+               "training labels of a learned refiner (PSA, IRN) from CAMs")
+    dataset_args(sp)
+    sp.add_argument("--cams", required=True)
+    sp.add_argument("--split", required=True)
+    sp.add_argument("--config", type=_json, required=True, help="refiner block as JSON")
+    sp.add_argument("--out", required=True)
+
+    sp = stage("refine-train", cmd_refine_train, "train a learned refiner's network (resumable)")
+    dataset_args(sp)
+    sp.add_argument("--split", required=True, help="split of the training labels")
+    sp.add_argument("--labels", required=True, help="label HDF5 from refine-labels")
+    sp.add_argument("--config", type=_json, required=True, help="refiner block as JSON")
+    sp.add_argument("--classifier", required=True, help="the CAM variant's classifier.pt")
+    sp.add_argument("--out", required=True, help="weights file to write")
+    sp.add_argument("--device", default="auto")
+
+    sp = stage("refine", cmd_refine, "pseudo-labels from CAMs with a learned refiner")
+    dataset_args(sp)
+    sp.add_argument("--cams", required=True)
+    sp.add_argument("--split", required=True)
+    sp.add_argument("--config", type=_json, required=True, help="refiner block as JSON")
+    sp.add_argument("--weights", required=True)
+    sp.add_argument("--out", required=True)
+    sp.add_argument("--device", default="auto")
 
     sp = stage("eval-labels", cmd_eval_labels, "mIoU of a pseudo-label file")
     dataset_args(sp)

@@ -104,16 +104,21 @@ def fit(
     meta: dict[str, Any],
     device: torch.device,
     stop_after: int | None = None,
+    name: str = "classifier",
 ) -> Path:
-    """Train `method` on `trainset`; write checkpoint.pt, train_log.csv and classifier.pt.
+    """Train `method` on `trainset`; write <name>.checkpoint.pt, <name>.log.csv and <name>.pt
+    into `out_dir` (for the classifier: checkpoint.pt, train_log.csv, classifier.pt).
 
     `stop_after` ends the run early after that many steps (with a checkpoint), as a kill would.
-    Returns the path of classifier.pt (only written when all steps are done).
+    Returns the path of the final weights (only written when all steps are done).
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    ckpt_path, log_path = out_dir / "checkpoint.pt", out_dir / "train_log.csv"
-    final_path = out_dir / "classifier.pt"
+    if name == "classifier":
+        ckpt_path, log_path = out_dir / "checkpoint.pt", out_dir / "train_log.csv"
+    else:
+        ckpt_path, log_path = out_dir / f"{name}.checkpoint.pt", out_dir / f"{name}.log.csv"
+    final_path = out_dir / f"{name}.pt"
     batch_size = training["batch_size"]
     per_epoch = len(trainset) // batch_size
     if per_epoch == 0:

@@ -67,6 +67,13 @@ def refiner_block(wildcards) -> str:
     return as_json(config["refiners"][wildcards.refiner])
 
 
+def refiner_label_block(wildcards) -> str:
+    """A learned refiner's block without its network settings: what its training labels use,
+    so a change to the network's training does not remake the labels."""
+    block = config["refiners"][wildcards.refiner]
+    return as_json({k: v for k, v in block.items() if k not in ("training", "inference")})
+
+
 def refiners_of(kind: str) -> list[str]:
     return [n for n, r in config["refiners"].items() if r["refiner"] == kind]
 
@@ -95,6 +102,16 @@ def crf_inputs(wildcards) -> dict:
 
 def seeds_eval_arg(wildcards, input) -> str:
     return f"--seeds-eval {input.seeds_eval}" if "seeds_eval" in input.keys() else ""
+
+
+def refiner_code(*modules: str):
+    """Input function: the refiner kind's own module plus `modules` (a PSA edit leaves IRN be)."""
+
+    def inputs(wildcards):
+        kind = config["refiners"][wildcards.refiner]["refiner"]
+        return code(f"refine/{kind}.py", *modules)
+
+    return inputs
 
 
 def evaluation_targets() -> list[str]:

@@ -27,3 +27,97 @@ rule refine_crf:
         "wsss crf --dataset {params.dataset:q} --cams {input.cams} --split {wildcards.split}"
         " --config {params.block:q} {params.seeds} --threads {threads} --out {output}"
         " > {log} 2>&1"
+
+
+# Learned refiners (PSA, IRN): training labels from the CAMs of the training split, a network
+# trained once per (CAM variant, refiner variant), then pseudo-labels for each evaluated split.
+LEARNED = refiners_of("psa") + refiners_of("irn")
+TRAIN_SPLIT = config["dataset"]["train_split"]
+
+
+rule refiner_train_labels:
+    output:
+        f"{RESULTS}/{{variant}}/{{refiner}}/train_labels/{{split}}.h5",
+    input:
+        cams=f"{RESULTS}/{{variant}}/cams/{{split}}.h5",
+        code=refiner_code("refine/crf.py"),
+    params:
+        block=refiner_label_block,
+        dataset=DATASET_JSON,
+    wildcard_constraints:
+        refiner=one_of(LEARNED),
+    threads: CPU_THREADS
+    resources:
+        mem_mb=4000,
+        runtime=120,
+    log:
+        f"{LOGS}/refiner_train_labels/{{variant}}/{{refiner}}/{{split}}.log",
+    benchmark:
+        f"{BENCH}/refiner_train_labels/{{variant}}/{{refiner}}/{{split}}.tsv"
+    conda:
+        ENV
+    shell:
+        "wsss refine-labels --dataset {params.dataset:q} --cams {input.cams}"
+        " --split {wildcards.split} --config {params.block:q} --threads {threads}"
+        " --out {output} > {log} 2>&1"
+
+
+rule refiner_train:
+    output:
+        f"{RESULTS}/{{variant}}/{{refiner}}/network.pt",
+    input:
+        labels=f"{RESULTS}/{{variant}}/{{refiner}}/train_labels/{TRAIN_SPLIT}.h5",
+        classifier=f"{RESULTS}/{{variant}}/classifier.pt",
+        code=refiner_code("refine/features.py", "train.py"),
+    params:
+        block=refiner_block,
+        dataset=DATASET_JSON,
+        split=TRAIN_SPLIT,
+        device=config["device"],
+    wildcard_constraints:
+        refiner=one_of(LEARNED),
+    threads: CPU_THREADS
+    resources:
+        gpu=1,
+        mem_mb=8000,
+        runtime=360,
+    log:
+        f"{LOGS}/refiner_train/{{variant}}/{{refiner}}.log",
+    benchmark:
+        f"{BENCH}/refiner_train/{{variant}}/{{refiner}}.tsv"
+    conda:
+        ENV
+    shell:
+        "wsss refine-train --dataset {params.dataset:q} --split {params.split}"
+        " --labels {input.labels} --config {params.block:q} --classifier {input.classifier}"
+        " --device {params.device} --threads {threads} --out {output} > {log} 2>&1"
+
+
+rule refine_learned:
+    output:
+        f"{RESULTS}/{{variant}}/{{refiner}}/labels/{{split}}.h5",
+    input:
+        cams=f"{RESULTS}/{{variant}}/cams/{{split}}.h5",
+        weights=f"{RESULTS}/{{variant}}/{{refiner}}/network.pt",
+        code=refiner_code("refine/randomwalk.py"),
+    params:
+        block=refiner_block,
+        dataset=DATASET_JSON,
+        device=config["device"],
+    wildcard_constraints:
+        refiner=one_of(LEARNED),
+    threads: CPU_THREADS
+    resources:
+        gpu=1,
+        mem_mb=8000,
+        runtime=120,
+    log:
+        f"{LOGS}/refine_learned/{{variant}}/{{refiner}}/{{split}}.log",
+    benchmark:
+        f"{BENCH}/refine_learned/{{variant}}/{{refiner}}/{{split}}.tsv"
+    conda:
+        ENV
+    shell:
+        "wsss refine --dataset {params.dataset:q} --cams {input.cams} --split {wildcards.split}"
+        " --config {params.block:q} --weights {input.weights} --device {params.device}"
+        " --threads {threads} --out {output} > {log} 2>&1"

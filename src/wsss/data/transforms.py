@@ -44,8 +44,13 @@ def color_jitter(image: np.ndarray, strength: float, rng: np.random.Generator) -
     return np.clip(x, 0, 255).astype(np.uint8)
 
 
-def random_crop(image: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:
-    """Crop (or zero-pad, after normalisation that is the mean colour) to size×size."""
+def random_crop(image: np.ndarray, size: int, rng: np.random.Generator,
+                label: np.ndarray | None = None):
+    """Crop (or zero-pad, after normalisation that is the mean colour) to size×size.
+
+    With `label` (H×W), the same window is cut from it and its padding is 255 (ignore);
+    returns (image, label) then.
+    """
     c, h, w = image.shape
     out = np.zeros((c, size, size), dtype=image.dtype)
     top = rng.integers(0, h - size + 1) if h > size else 0
@@ -54,20 +59,18 @@ def random_crop(image: np.ndarray, size: int, rng: np.random.Generator) -> np.nd
     ox = rng.integers(0, size - w + 1) if w < size else 0
     ch, cw = min(h, size), min(w, size)
     out[:, oy : oy + ch, ox : ox + cw] = image[:, top : top + ch, left : left + cw]
-    return out
+    if label is None:
+        return out
+    lab = np.full((size, size), 255, dtype=np.uint8)
+    lab[oy : oy + ch, ox : ox + cw] = label[top : top + ch, left : left + cw]
+    return out, lab
 
 
-class ClassificationSet(torch.utils.data.Dataset):
-    """Images with multi-hot labels for classifier training, indexed by (index, epoch)."""
+class _TrainingImages(torch.utils.data.Dataset):
+    """Decoded training images of a dataset, indexed by (index, epoch)."""
 
-    def __init__(self, dataset, ids: Sequence[str], labels: dict[str, list[int]],
-                 aug: dict[str, Any], seed: int):
-        self.dataset = dataset
-        self.ids = list(ids)
-        self.labels = labels
-        self.aug = aug
-        self.seed = seed
-        self.num_classes = dataset.num_classes
+    def __init__(self, dataset, ids: Sequence[str], aug: dict[str, Any], seed: int):
+        self.dataset, self.ids, self.aug, self.seed = dataset, list(ids), aug, seed
         self._cache: dict[str, np.ndarray] = {}
 
     def __len__(self) -> int:
@@ -80,6 +83,16 @@ class ClassificationSet(torch.utils.data.Dataset):
                 self._cache[image_id] = self.dataset.load_image(image_id)
             return self._cache[image_id]
         return self.dataset.load_image(image_id)
+
+
+class ClassificationSet(_TrainingImages):
+    """Images with multi-hot labels for classifier training."""
+
+    def __init__(self, dataset, ids: Sequence[str], labels: dict[str, list[int]],
+                 aug: dict[str, Any], seed: int):
+        super().__init__(dataset, ids, aug, seed)
+        self.labels = labels
+        self.num_classes = dataset.num_classes
 
     def __getitem__(self, key: tuple[int, int]) -> dict[str, Any]:
         index, epoch = key
@@ -96,6 +109,41 @@ class ClassificationSet(torch.utils.data.Dataset):
         label = np.zeros(self.num_classes, dtype=np.float32)
         label[self.labels[image_id]] = 1.0
         return {"image": torch.from_numpy(image), "label": torch.from_numpy(label), "index": index}
+
+
+def resize_label(label: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Nearest-neighbour resize of an H×W uint8 label map to (height, width)."""
+    h, w = size
+    return np.asarray(Image.fromarray(label).resize((w, h), Image.NEAREST))
+
+
+class SegmentationSet(_TrainingImages):
+    """Images with dense uint8 label maps (pseudo-labels).
+
+    The same random resize, flip and crop is applied to image and label; padding is 255.
+    `labels` maps image id -> H×W uint8 array (e.g. read from a label HDF5 store).
+    """
+
+    def __init__(self, dataset, ids: Sequence[str], labels: dict[str, np.ndarray],
+                 aug: dict[str, Any], seed: int):
+        super().__init__(dataset, ids, aug, seed)
+        self.labels = labels
+
+    def __getitem__(self, key: tuple[int, int]) -> dict[str, Any]:
+        index, epoch = key
+        image_id = self.ids[index]
+        rng = np.random.default_rng([self.seed, epoch, index])
+        image, label = self._image(image_id), self.labels[image_id]
+        lo, hi = self.aug["resize_long"]
+        image = resize_long(image, int(rng.integers(lo, hi + 1)))
+        label = resize_label(label, image.shape[:2])
+        if self.aug["hflip"] and rng.random() < 0.5:
+            image, label = image[:, ::-1], label[:, ::-1]
+        if self.aug.get("color_jitter", 0) > 0:
+            image = color_jitter(image, self.aug["color_jitter"], rng)
+        image, label = random_crop(normalize(image), self.aug["crop_size"], rng, label)
+        return {"image": torch.from_numpy(image), "label": torch.from_numpy(label.astype(np.int64)),
+                "index": index}
 
 
 def scaled_views(image: np.ndarray, scales: Sequence[float], flip: bool) -> list[list[np.ndarray]]:
