@@ -63,8 +63,9 @@ def test_dry_run_of_the_default_config(tmp_path):
     _write_config(tmp_path, yaml.safe_load((REPO / "config.yaml").read_text()))
     jobs = _planned_jobs(_snakemake(tmp_path, "-n"))
     assert jobs == {"synthetic_data": 1, "dataset_index": 1, "train_classifier": 1, "cams": 1,
-                    "evaluate_seeds": 1, "refine_crf": 1, "evaluate_labels": 1, "failure_modes": 1,
-                    "summary": 1, "all": 1}
+                    "evaluate_seeds": 1, "refine_crf": 1, "refiner_train_labels": 2,
+                    "refiner_train": 2, "refine_learned": 2, "evaluate_labels": 3,
+                    "failure_modes": 1, "summary": 1, "all": 1}
 
 
 @pytest.mark.workflow
