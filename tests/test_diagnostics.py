@@ -56,3 +56,23 @@ def test_failure_modes_by_hand(tmp_path):
     # part CAM mean (1 + 1) / 2 = 1; body (3 × 0.2 + 4 × 0 + 7 × 1) / 14
     assert np.isclose(out["part_body_cam_ratio"], 1.0 / ((3 * 0.2 + 7) / 14), rtol=1e-3)  # fp16
     assert out["leakage_ratio"] == {}  # the other backgrounds have no false positives
+
+
+def test_label_failure_modes_by_hand(tmp_path):
+    from wsss.diagnostics import label_failure_modes
+    from wsss.store import LabelWriter
+
+    ds = _dataset(tmp_path)
+    lab_x = np.zeros((4, 4), np.uint8)
+    lab_x[:, 3] = 1           # part + 3 body pixels
+    lab_x[0, 0] = 1           # one false positive on water
+    lab_x[1, 0] = 255         # ignore: not counted as foreground
+    lab_y = np.zeros((4, 4), np.uint8)
+    with LabelWriter(tmp_path / "labels.h5", {"classes": ["a"]}) as w:
+        w.add("x", lab_x)
+        w.add("y", lab_y)
+    gen = json.loads((ds.root / "generator.json").read_text())
+    out = label_failure_modes(tmp_path / "labels.h5", ds, "train", gen)
+    assert out["background_false_positive_rate"] == {"water": 1 / 8, "grass": 0.0}
+    assert out["part_recall"] == 1 / 2 and out["body_recall"] == 3 / 14
+    assert out["part_body_cam_ratio"] is None and out["threshold"] is None

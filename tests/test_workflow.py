@@ -65,7 +65,7 @@ def test_dry_run_of_the_default_config(tmp_path):
     assert jobs == {"synthetic_data": 1, "dataset_index": 1, "train_classifier": 1, "cams": 1,
                     "evaluate_seeds": 1, "refine_crf": 1, "refiner_train_labels": 2,
                     "refiner_train": 2, "refine_learned": 2, "evaluate_labels": 3,
-                    "failure_modes": 1, "summary": 1, "all": 1}
+                    "failure_modes": 1, "failure_modes_labels": 3, "summary": 1, "all": 1}
 
 
 @pytest.mark.workflow
@@ -91,14 +91,15 @@ def test_tiny_run_then_only_the_changed_branch_reruns(tmp_path):
     assert _planned_jobs(_snakemake(tmp_path, "-n")) == {
         "train_classifier": 1, "cams": 1, "evaluate_seeds": 1, "failure_modes": 1,
         "refine_crf": 2, "refiner_train_labels": 2, "refiner_train": 2, "refine_learned": 2,
-        "evaluate_labels": 4, "summary": 1, "all": 1}
+        "evaluate_labels": 4, "failure_modes_labels": 4, "summary": 1, "all": 1}
 
     # a setting of one refiner: that refiner's labels of every variant, nothing upstream
     cfg["methods"]["other"]["training"]["lr"] = _tiny_config()["methods"]["other"]["training"]["lr"]
     cfg["refiners"]["crf_power"]["iterations"] = 3
     _write_config(tmp_path, cfg)
     proc = _snakemake(tmp_path, "-n")
-    assert _planned_jobs(proc) == {"refine_crf": 2, "evaluate_labels": 2, "summary": 1, "all": 1}
+    assert _planned_jobs(proc) == {"refine_crf": 2, "evaluate_labels": 2,
+                                   "failure_modes_labels": 2, "summary": 1, "all": 1}
     outputs = _planned_outputs(proc, "refine_crf")
     assert sorted(outputs) == [f"results/synthetic/{v}/crf_power/labels/train.h5"
                                for v in ("baseline", "other")]
@@ -109,7 +110,7 @@ def test_tiny_run_then_only_the_changed_branch_reruns(tmp_path):
     _write_config(tmp_path, cfg)
     proc = _snakemake(tmp_path, "-n")
     assert _planned_jobs(proc) == {"refiner_train": 2, "refine_learned": 2, "evaluate_labels": 2,
-                                   "summary": 1, "all": 1}
+                                   "failure_modes_labels": 2, "summary": 1, "all": 1}
     assert all("/psa/" in o for o in _planned_outputs(proc, "refine_learned"))
 
 

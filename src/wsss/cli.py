@@ -196,13 +196,19 @@ def cmd_eval_labels(args) -> None:
 
 
 def cmd_failure_modes(args) -> None:
-    from wsss.diagnostics import failure_modes, read_generator
+    from wsss.diagnostics import failure_modes, label_failure_modes, read_generator
     from wsss.store import versions, write_json
 
     ds = _dataset(args.dataset)
-    threshold = json.loads(Path(args.seeds_eval).read_text())["best_threshold"]
-    result = failure_modes(args.cams, ds, args.split, read_generator(ds.root), threshold)
-    result.update(variant=args.variant, versions=versions())
+    generator = read_generator(ds.root)
+    if args.labels:
+        result = label_failure_modes(args.labels, ds, args.split, generator)
+    else:
+        if not (args.cams and args.seeds_eval):
+            raise ValueError("failure-modes needs --labels, or --cams with --seeds-eval")
+        threshold = json.loads(Path(args.seeds_eval).read_text())["best_threshold"]
+        result = failure_modes(args.cams, ds, args.split, generator, threshold)
+    result.update(variant=args.variant, stage=args.stage, versions=versions())
     write_json(args.out, result)
     log.info("object recall %.3f, background false-positive rate %s", result["mean_object_recall"],
              {k: round(v, 4) for k, v in result["background_false_positive_rate"].items()})
@@ -323,12 +329,14 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--out", required=True)
 
     sp = stage("failure-modes", cmd_failure_modes,
-               "partial activation and co-occurrence leakage of seeds (synthetic benchmark)")
+               "partial activation and co-occurrence leakage (synthetic benchmark)")
     dataset_args(sp)
-    sp.add_argument("--cams", required=True)
+    sp.add_argument("--cams", help="CAM store: judge the seeds at the best threshold")
+    sp.add_argument("--seeds-eval", help="seed evaluation JSON (its best threshold)")
+    sp.add_argument("--labels", help="label store: judge pseudo-labels instead")
     sp.add_argument("--split", required=True)
     sp.add_argument("--variant", required=True)
-    sp.add_argument("--seeds-eval", required=True, help="seed evaluation JSON (best threshold)")
+    sp.add_argument("--stage", default="seeds", help="seeds or the refiner's name")
     sp.add_argument("--out", required=True)
 
     sp = stage("summary", cmd_summary, "summary table (csv, md) and bar chart of evaluations")

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from wsss.store import CamReader
+from wsss.store import CamReader, LabelReader
 
 
 def seed_prediction(cam: np.ndarray, keys: np.ndarray, threshold: float) -> np.ndarray:
@@ -30,66 +30,95 @@ def seed_prediction(cam: np.ndarray, keys: np.ndarray, threshold: float) -> np.n
     return lut[np.argmax(np.concatenate([np.full((1, *cam.shape[1:]), threshold), cam]), axis=0)]
 
 
+class _Tally:
+    """Pixel counts behind the failure-mode figures, accumulated image by image."""
+
+    def __init__(self, names: list[str], backgrounds: list[str]):
+        self.names = names
+        self.bg_pixels = dict.fromkeys(backgrounds, 0)
+        self.bg_false_fg = dict.fromkeys(backgrounds, 0)
+        self.obj_pixels = np.zeros(len(names), dtype=np.int64)
+        self.obj_hits = np.zeros(len(names), dtype=np.int64)
+        self.part_pixels = self.part_hits = self.body_pixels = self.body_hits = 0
+        self.part_cam = self.body_cam = 0.0
+
+    def add(self, pred: np.ndarray, gt: np.ndarray, background: str, part: np.ndarray | None,
+            own_cam: np.ndarray | None) -> None:
+        n = len(self.names)
+        is_bg = gt == 0
+        self.bg_pixels[background] += int(is_bg.sum())
+        self.bg_false_fg[background] += int((is_bg & (pred > 0) & (pred != 255)).sum())
+        valid = (gt > 0) & (gt != 255)
+        self.obj_pixels += np.bincount(gt[valid] - 1, minlength=n)[:n]
+        hit = valid & (pred == gt)
+        self.obj_hits += np.bincount(gt[hit] - 1, minlength=n)[:n]
+        if part is None:
+            return
+        self.part_pixels += int((valid & part).sum())
+        self.part_hits += int((hit & part).sum())
+        self.body_pixels += int((valid & ~part).sum())
+        self.body_hits += int((hit & ~part).sum())
+        if own_cam is not None:
+            self.part_cam += float(own_cam[valid & part].sum())
+            self.body_cam += float(own_cam[valid & ~part].sum())
+
+    def result(self, cooccurring: dict[str, list[str]]) -> dict[str, Any]:
+        fp_rate = {b: self.bg_false_fg[b] / n for b, n in self.bg_pixels.items() if n}
+        leak = {}
+        for bg in cooccurring:
+            others = [r for b, r in fp_rate.items() if b != bg]
+            if bg in fp_rate and others and np.mean(others) > 0:
+                leak[bg] = fp_rate[bg] / float(np.mean(others))
+        recall = self.obj_hits / np.maximum(self.obj_pixels, 1)
+        ratio = None
+        if self.part_pixels and self.body_cam:
+            ratio = (self.part_cam / self.part_pixels) / (self.body_cam / self.body_pixels)
+        return {
+            "object_recall": {n: float(r) for n, r in zip(self.names, recall, strict=True)},
+            "mean_object_recall": float(np.mean(recall)),
+            "part_recall": self.part_hits / self.part_pixels if self.part_pixels else None,
+            "body_recall": self.body_hits / self.body_pixels if self.body_pixels else None,
+            "part_body_cam_ratio": ratio,
+            "background_false_positive_rate": fp_rate,
+            "leakage_ratio": leak,
+            "cooccurring": cooccurring,
+        }
+
+
+def _part_mask(ds, image_id: str) -> np.ndarray | None:
+    path = Path(ds.root) / "SegmentationPart" / f"{image_id}.png"
+    return np.asarray(Image.open(path)) > 0 if path.is_file() else None
+
+
 def failure_modes(cam_path: str | Path, ds, split: str, generator: dict[str, Any],
                   threshold: float) -> dict[str, Any]:
-    backgrounds: dict[str, str] = generator["image_backgrounds"]
-    names = list(ds.classes)
-    bg_pixels = {b: 0 for b in generator["backgrounds"]}
-    bg_false_fg = dict.fromkeys(bg_pixels, 0)
-    obj_pixels = np.zeros(len(names), dtype=np.int64)
-    obj_hits = np.zeros(len(names), dtype=np.int64)
-    part_pixels = part_hits = body_pixels = body_hits = 0
-    part_cam = body_cam = 0.0
+    """Failure modes of CAM seeds at a background threshold (with the part/body CAM ratio)."""
+    tally = _Tally(list(ds.classes), list(generator["backgrounds"]))
     with CamReader(cam_path) as cams:
         ids = ds.ids(split)
         cams.check(ids, ds.classes)
         for image_id in ids:
             cam, keys = cams.get(image_id)
-            pred = seed_prediction(cam, keys, threshold)
             gt = ds.load_mask(image_id)
-            kind = backgrounds[image_id]
-            is_bg = gt == 0
-            bg_pixels[kind] += int(is_bg.sum())
-            bg_false_fg[kind] += int((is_bg & (pred > 0)).sum())
-            valid = (gt > 0) & (gt != 255)
-            obj_pixels += np.bincount(gt[valid] - 1, minlength=len(names))[: len(names)]
-            hit = valid & (pred == gt)
-            obj_hits += np.bincount(gt[hit] - 1, minlength=len(names))[: len(names)]
-            part_path = Path(ds.root) / "SegmentationPart" / f"{image_id}.png"
-            if part_path.is_file():
-                part = np.asarray(Image.open(part_path)) > 0
-                part_pixels += int((valid & part).sum())
-                part_hits += int((hit & part).sum())
-                body_pixels += int((valid & ~part).sum())
-                body_hits += int((hit & ~part).sum())
-                # the CAM of each pixel's own class, where that class has a plane
-                plane = {int(k) + 1: i for i, k in enumerate(keys)}
-                own = np.zeros(gt.shape, dtype=np.float32)
-                for value, i in plane.items():
-                    own[gt == value] = cam[i][gt == value]
-                part_cam += float(own[valid & part].sum())
-                body_cam += float(own[valid & ~part].sum())
-    fp_rate = {b: bg_false_fg[b] / bg_pixels[b] for b in bg_pixels if bg_pixels[b]}
-    out: dict[str, Any] = {
-        "split": split,
-        "threshold": threshold,
-        "object_recall": {n: float(obj_hits[i] / max(obj_pixels[i], 1))
-                          for i, n in enumerate(names)},
-        "mean_object_recall": float(np.mean(obj_hits / np.maximum(obj_pixels, 1))),
-        "part_recall": part_hits / part_pixels if part_pixels else None,
-        "body_recall": body_hits / body_pixels if body_pixels else None,
-        "part_body_cam_ratio": (part_cam / part_pixels) / (body_cam / body_pixels)
-        if part_pixels and body_cam else None,
-        "background_false_positive_rate": fp_rate,
-        "cooccurring": generator["cooccurring"],
-    }
-    leak = {}
-    for bg in generator["cooccurring"]:
-        others = [r for b, r in fp_rate.items() if b != bg]
-        if bg in fp_rate and others and np.mean(others) > 0:
-            leak[bg] = fp_rate[bg] / float(np.mean(others))
-    out["leakage_ratio"] = leak
-    return out
+            own = np.zeros(gt.shape, dtype=np.float32)  # the CAM of each pixel's own class
+            for i, k in enumerate(keys):
+                own[gt == k + 1] = cam[i][gt == k + 1]
+            tally.add(seed_prediction(cam, keys, threshold), gt,
+                      generator["image_backgrounds"][image_id], _part_mask(ds, image_id), own)
+    return {"split": split, "threshold": threshold, **tally.result(generator["cooccurring"])}
+
+
+def label_failure_modes(label_path: str | Path, ds, split: str,
+                        generator: dict[str, Any]) -> dict[str, Any]:
+    """The same figures for pseudo-labels (255 counts as not foreground)."""
+    tally = _Tally(list(ds.classes), list(generator["backgrounds"]))
+    with LabelReader(label_path) as labels:
+        ids = ds.ids(split)
+        labels.check(ids, ds.classes)
+        for image_id in ids:
+            tally.add(labels.get(image_id), ds.load_mask(image_id),
+                      generator["image_backgrounds"][image_id], _part_mask(ds, image_id), None)
+    return {"split": split, "threshold": None, **tally.result(generator["cooccurring"])}
 
 
 def read_generator(root: str | Path) -> dict[str, Any]:

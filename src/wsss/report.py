@@ -13,6 +13,10 @@ from wsss.store import atomic_path
 STAGE_ORDER = ["seeds"]
 
 
+def _stage_key(stage: str) -> tuple[int, str]:
+    return (STAGE_ORDER.index(stage) if stage in STAGE_ORDER else 1, stage)
+
+
 def load_evaluations(paths: Sequence[str | Path]) -> list[dict]:
     evals = []
     for path in paths:
@@ -27,7 +31,7 @@ def load_evaluations(paths: Sequence[str | Path]) -> list[dict]:
 def summary_rows(evals: list[dict]) -> tuple[list[str], list[dict]]:
     """One row per (variant, split); columns per stage: mIoU, plus seeds threshold and fg P/R."""
     stages = sorted({e["stage"] for e in evals},
-                    key=lambda s: (STAGE_ORDER.index(s) if s in STAGE_ORDER else 1, s))
+                    key=_stage_key)
     rows: dict[tuple[str, str], dict] = {}
     for e in evals:
         row = rows.setdefault((e["variant"], e["split"]),
@@ -69,7 +73,7 @@ def _bar_chart(path: Path, evals: list[dict], title: str) -> None:
 
     variants = sorted({e["variant"] for e in evals})
     stages = sorted({e["stage"] for e in evals},
-                    key=lambda s: (STAGE_ORDER.index(s) if s in STAGE_ORDER else 1, s))
+                    key=_stage_key)
     value = {(e["variant"], e["stage"]): 100 * e["miou"] for e in evals}
     width = 0.8 / len(stages)
     fig, ax = plt.subplots(figsize=(max(4.0, 1.6 * len(variants) + 2), 3.6), dpi=120)
@@ -97,11 +101,11 @@ def _failure_mode_table(paths: Sequence[str | Path]) -> str:
         return ""
     bgs = sorted({b for d in diags for b in d["background_false_positive_rate"]})
     cooc = sorted({b for d in diags for b in d["cooccurring"]})
-    head = (["variant", "split", "threshold", "object recall", "part recall", "body recall",
-             "CAM part/body"]
+    head = (["variant", "stage", "split", "threshold", "object recall", "part recall",
+             "body recall", "CAM part/body"]
             + [f"FP rate {b}" for b in bgs] + [f"leakage {b}" for b in cooc])
     out = io.StringIO()
-    out.write("\n## Failure modes of the seeds (synthetic benchmark)\n\n")
+    out.write("\n## Failure modes (synthetic benchmark)\n\n")
     out.write("Object recall: share of object pixels labelled with their class; part / body "
               "recall: the same on each object's discriminative part / on the rest of it; CAM "
               "part/body: mean CAM of the object's class on its part over that on its body "
@@ -111,9 +115,10 @@ def _failure_mode_table(paths: Sequence[str | Path]) -> str:
               + "; ".join(f"{b}: {', '.join(c)}" for b, c in diags[0]["cooccurring"].items())
               + ").\n\n")
     out.write("| " + " | ".join(head) + " |\n|" + "|".join("---" for _ in head) + "|\n")
-    for d in sorted(diags, key=lambda d: (d["variant"], d["split"])):
+    for d in sorted(diags, key=lambda d: (d["variant"], d["split"], _stage_key(d["stage"]))):
         fp = d["background_false_positive_rate"]
-        cells = [d["variant"], d["split"], f"{d['threshold']:.2f}",
+        threshold = "" if d["threshold"] is None else f"{d['threshold']:.2f}"
+        cells = [d["variant"], d["stage"], d["split"], threshold,
                  f"{100 * d['mean_object_recall']:.1f}"]
         cells += [f"{100 * d[k]:.1f}" if d.get(k) is not None else ""
                   for k in ("part_recall", "body_recall")]

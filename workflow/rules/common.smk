@@ -129,8 +129,12 @@ def diagnostic_targets() -> list[str]:
     if config["dataset"]["kind"] != "synthetic":
         return []
     run = config["run"]
-    return [f"{RESULTS}/{v}/cams/{s}.failure_modes.json"
-            for v in run["variants"] for s in run["splits"]]
+    out = []
+    for v in run["variants"]:
+        for s in run["splits"]:
+            out.append(f"{RESULTS}/{v}/cams/{s}.failure_modes.json")
+            out += [f"{RESULTS}/{v}/{r}/labels/{s}.failure_modes.json" for r in run["refiners"]]
+    return out
 
 
 def summary_outputs() -> list[str]:

@@ -49,6 +49,28 @@ rule failure_modes:
         " --seeds-eval {input.seeds_eval} --out {output} > {log} 2>&1"
 
 
+rule failure_modes_labels:
+    output:
+        f"{RESULTS}/{{variant}}/{{refiner}}/labels/{{split}}.failure_modes.json",
+    input:
+        labels=f"{RESULTS}/{{variant}}/{{refiner}}/labels/{{split}}.h5",
+        code=code("diagnostics.py"),
+    params:
+        dataset=DATASET_JSON,
+    resources:
+        mem_mb=2000,
+    log:
+        f"{LOGS}/failure_modes_labels/{{variant}}/{{refiner}}/{{split}}.log",
+    benchmark:
+        f"{BENCH}/failure_modes_labels/{{variant}}/{{refiner}}/{{split}}.tsv"
+    conda:
+        ENV
+    shell:
+        "wsss failure-modes --dataset {params.dataset:q} --labels {input.labels}"
+        " --split {wildcards.split} --variant {wildcards.variant} --stage {wildcards.refiner}"
+        " --out {output} > {log} 2>&1"
+
+
 rule evaluate_labels:
     output:
         f"{RESULTS}/{{variant}}/{{refiner}}/labels/{{split}}.eval.json",
