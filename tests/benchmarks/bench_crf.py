@@ -10,7 +10,8 @@ import time
 
 import numpy as np
 
-from wsss.refine.crf import DEFAULT_CRF, crf_label_stream
+from wsss.refine.crf import DEFAULT_CRF, crf_task
+from wsss.refine.pool import label_stream
 
 BG = {"mode": "constant", "threshold": 0.3}
 
@@ -45,7 +46,8 @@ def _bench(size: int, count: int, labels: int) -> None:
     tasks = _tasks(size, count, labels - 1)
     for threads in (1, 2):
         start, cpu_start = time.perf_counter(), time.process_time()
-        for _ in crf_label_stream(tasks, load_image, BG, DEFAULT_CRF, threads, len(tasks)):
+        cfg = {"bg": BG, **DEFAULT_CRF}
+        for _ in label_stream(tasks, load_image, crf_task, cfg, threads, len(tasks)):
             pass
         rate = count / (time.perf_counter() - start)
         # With one process the CPU time of this process is the CRF's cost, whatever else

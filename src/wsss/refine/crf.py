@@ -7,15 +7,12 @@ them along image edges, and the argmax becomes a uint8 label map (0 bg, k + 1 = 
 from __future__ import annotations
 
 import copy
-import json
-import multiprocessing
 import os
-from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from wsss.store import CamReader, LabelWriter, StoreError
+from wsss.refine.pool import write_labels
 
 if TYPE_CHECKING:
     from wsss.data.voc import VocDataset
@@ -108,53 +105,6 @@ def crf_labels(
     return label_of_plane[q.argmax(axis=0)]
 
 
-# Per-process state of the worker pool, set once by the initializer instead of being
-# pickled with every task.
-_WORKER: dict[str, Any] = {}
-
-
-def _init_worker(load_image: Callable[[str], np.ndarray], bg: dict, params: dict) -> None:
-    _WORKER.update(load_image=load_image, bg=bg, params=params)
-
-
-def _label_one(task: tuple[str, np.ndarray, np.ndarray]) -> tuple[str, np.ndarray]:
-    image_id, cams, keys = task
-    image = _WORKER["load_image"](image_id)
-    if image.shape[:2] != cams.shape[1:]:
-        raise StoreError(
-            f"image '{image_id}': CAM size {cams.shape[1:]} differs from image {image.shape[:2]}"
-        )
-    return image_id, crf_labels(image, cams, keys, _WORKER["bg"], _WORKER["params"])
-
-
-def crf_label_stream(
-    tasks: Iterable[tuple[str, np.ndarray, np.ndarray]],
-    load_image: Callable[[str], np.ndarray],
-    bg: dict[str, Any],
-    params: dict[str, Any],
-    threads: int = 1,
-    total: int | None = None,
-) -> Iterator[tuple[str, np.ndarray]]:
-    """Yield (id, label) for each (id, cams, keys) task, in task order.
-
-    With threads > 1 the CRFs run in a process pool; `load_image` must then be picklable
-    (a bound method of a dataset is). Tasks are consumed lazily, so only a few images' CAMs
-    are in flight at a time. `total` (number of tasks) only tunes the chunk size.
-    """
-    if threads <= 1:
-        _init_worker(load_image, bg, params)
-        try:
-            yield from map(_label_one, tasks)
-        finally:
-            _WORKER.clear()
-        return
-    # Chunks amortise the IPC round trip but stay small enough to keep both ends busy
-    # near the end of the run.
-    chunksize = max(1, min(8, (total or 0) // (4 * threads)))
-    with multiprocessing.Pool(threads, _init_worker, (load_image, bg, params)) as pool:
-        yield from pool.imap(_label_one, tasks, chunksize=chunksize)
-
-
 def _effective_config(cfg: dict[str, Any], threshold: float | None) -> dict[str, Any]:
     if not cfg.get("bg"):
         raise ValueError("CRF config needs a 'bg' block ({'mode': 'constant' | 'power', ...})")
@@ -183,19 +133,10 @@ def run_crf(
     """
     effective = _effective_config(cfg, threshold)
     cam_probs(np.zeros((0, 1, 1), np.float32), effective["bg"])  # fail early on a bad bg block
-    ids = ds.ids(split)
-    with CamReader(cam_path) as reader:
-        reader.check(ids, list(ds.classes))
+    write_labels(cam_path, ds, split, crf_task, effective, out_path, threads, "crf")
 
-        def tasks() -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
-            for image_id in ids:
-                cams, keys = reader.get(image_id)
-                yield image_id, cams, keys
 
-        attrs = {"classes": list(ds.classes), "split": split, "refiner": json.dumps(effective)}
-        with LabelWriter(out_path, attrs) as writer:
-            stream = crf_label_stream(
-                tasks(), ds.load_image, effective["bg"], effective, threads, total=len(ids)
-            )
-            for image_id, label in stream:
-                writer.add(image_id, label)
+def crf_task(image: np.ndarray, cams: np.ndarray, keys: np.ndarray,
+             cfg: dict[str, Any]) -> np.ndarray:
+    """One image's CRF labels; `cfg` is a refiner block with its `bg` (a pool task)."""
+    return crf_labels(image, cams, keys, cfg["bg"], cfg)

@@ -33,11 +33,9 @@ import copy
 import functools
 import json
 import math
-import multiprocessing
 import os
 import sys
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -53,6 +51,7 @@ from wsss.methods.base import Method
 from wsss.models.backbones import Backbone, build_backbone
 from wsss.refine.crf import cam_probs, crf_params, dense_crf
 from wsss.refine.features import classifier_backbone
+from wsss.refine.pool import write_labels
 from wsss.refine.randomwalk import pair_indices, random_walk
 from wsss.store import CamReader, LabelReader, LabelWriter, StoreError
 from wsss.train import fit, pick_device, seed_everything
@@ -155,37 +154,9 @@ def relation_label(image: np.ndarray, cams: np.ndarray, keys: np.ndarray, conf_f
     return label
 
 
-_WORKER: dict[str, Any] = {}  # per-process state of the label pool, set by the initializer
-
-
-def _init_worker(load_image: Callable[[str], np.ndarray], cfg: dict[str, Any]) -> None:
-    _WORKER.update(load_image=load_image, cfg=cfg)
-
-
-def _label_one(task: tuple[str, np.ndarray, np.ndarray]) -> tuple[str, np.ndarray]:
-    image_id, cams, keys = task
-    cfg = _WORKER["cfg"]
-    image = _WORKER["load_image"](image_id)
-    if image.shape[:2] != cams.shape[1:]:
-        raise StoreError(
-            f"image '{image_id}': CAM size {cams.shape[1:]} differs from image {image.shape[:2]}"
-        )
-    return image_id, relation_label(image, cams, keys, cfg["conf_fg"], cfg["conf_bg"], cfg["crf"])
-
-
-def _label_stream(tasks: Iterable, load_image: Callable, cfg: dict[str, Any], threads: int,
-                  total: int) -> Iterator[tuple[str, np.ndarray]]:
-    if threads <= 1:
-        _init_worker(load_image, cfg)
-        try:
-            yield from map(_label_one, tasks)
-        finally:
-            _WORKER.clear()
-        return
-    # pydensecrf holds the GIL, hence processes; small chunks keep all workers busy to the end
-    chunksize = max(1, min(8, total // (4 * threads)))
-    with multiprocessing.Pool(threads, _init_worker, (load_image, cfg)) as pool:
-        yield from pool.imap(_label_one, tasks, chunksize=chunksize)
+def _relation_task(image: np.ndarray, cams: np.ndarray, keys: np.ndarray,
+                   cfg: dict[str, Any]) -> np.ndarray:
+    return relation_label(image, cams, keys, cfg["conf_fg"], cfg["conf_bg"], cfg["crf"])
 
 
 def make_labels(cam_path: str | os.PathLike, ds: VocDataset, split: str, cfg: dict[str, Any],
@@ -195,16 +166,8 @@ def make_labels(cam_path: str | os.PathLike, ds: VocDataset, split: str, cfg: di
     One worker task per image runs both CRFs, so each image and its CAMs are read once. The CAM
     file must cover the split with the dataset's classes; on any error nothing is written.
     """
-    cfg = irn_config(cfg)
-    ids = ds.ids(split)
-    with CamReader(cam_path) as reader:
-        reader.check(ids, list(ds.classes))
-        tasks = ((image_id, *reader.get(image_id)) for image_id in ids)
-        attrs = {"classes": list(ds.classes), "split": split, "refiner": json.dumps(cfg)}
-        with LabelWriter(out_path, attrs) as writer, _progress(len(ids), "irn labels") as bar:
-            for image_id, label in _label_stream(tasks, ds.load_image, cfg, threads, len(ids)):
-                writer.add(image_id, label)
-                bar.update(1)
+    write_labels(cam_path, ds, split, _relation_task, irn_config(cfg), out_path, threads,
+                 "irn labels")
 
 
 # -- pairs and paths on the stride-4 grid -------------------------------------------------------

@@ -21,11 +21,10 @@ import copy
 import functools
 import json
 import math
-import multiprocessing
 import os
 import sys
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -41,6 +40,7 @@ from wsss.methods.base import Method, freeze_batchnorm
 from wsss.models.backbones import Backbone, build_backbone
 from wsss.refine.crf import DEFAULT_CRF, cam_probs, crf_labels, crf_params
 from wsss.refine.features import classifier_backbone
+from wsss.refine.pool import write_labels
 from wsss.refine.randomwalk import pair_indices, pair_offsets, random_walk
 from wsss.store import CamReader, LabelReader, LabelWriter, StoreError
 from wsss.train import fit, pick_device, seed_everything
@@ -115,40 +115,13 @@ def confident_label(low: np.ndarray, high: np.ndarray) -> np.ndarray:
     return label
 
 
-_WORKER: dict[str, Any] = {}  # per-process state of the label pool, set by the initializer
-
-
-def _init_worker(load_image: Callable[[str], np.ndarray], cfg: dict[str, Any]) -> None:
-    _WORKER.update(load_image=load_image, cfg=cfg)
-
-
-def _label_one(task: tuple[str, np.ndarray, np.ndarray]) -> tuple[str, np.ndarray]:
-    image_id, cams, keys = task
-    cfg = _WORKER["cfg"]
-    image = _WORKER["load_image"](image_id)
-    if image.shape[:2] != cams.shape[1:]:
-        raise StoreError(
-            f"image '{image_id}': CAM size {cams.shape[1:]} differs from image {image.shape[:2]}"
-        )
+def _confident_task(image: np.ndarray, cams: np.ndarray, keys: np.ndarray,
+                    cfg: dict[str, Any]) -> np.ndarray:
     low, high = (
         crf_labels(image, cams, keys, {"mode": "power", "alpha": cfg[alpha]}, cfg["crf"])
         for alpha in ("crf_alpha_low", "crf_alpha_high")
     )
-    return image_id, confident_label(low, high)
-
-
-def _label_stream(tasks: Iterable, load_image: Callable, cfg: dict[str, Any], threads: int,
-                  total: int) -> Iterator[tuple[str, np.ndarray]]:
-    if threads <= 1:
-        _init_worker(load_image, cfg)
-        try:
-            yield from map(_label_one, tasks)
-        finally:
-            _WORKER.clear()
-        return
-    chunksize = max(1, min(8, total // (4 * threads)))  # as in crf.crf_label_stream
-    with multiprocessing.Pool(threads, _init_worker, (load_image, cfg)) as pool:
-        yield from pool.imap(_label_one, tasks, chunksize=chunksize)
+    return confident_label(low, high)
 
 
 def _progress(total: int, desc: str) -> tqdm:
@@ -161,16 +134,8 @@ def make_labels(cam_path: str | os.PathLike, ds: VocDataset, split: str, cfg: di
 
     Both CRFs of an image run in the same worker task, so each image and its CAMs are read once.
     """
-    cfg = psa_config(cfg)
-    ids = ds.ids(split)
-    with CamReader(cam_path) as reader:
-        reader.check(ids, list(ds.classes))
-        tasks = ((image_id, *reader.get(image_id)) for image_id in ids)
-        attrs = {"classes": list(ds.classes), "split": split, "refiner": json.dumps(cfg)}
-        with LabelWriter(out_path, attrs) as writer, _progress(len(ids), "psa labels") as bar:
-            for image_id, label in _label_stream(tasks, ds.load_image, cfg, threads, len(ids)):
-                writer.add(image_id, label)
-                bar.update(1)
+    write_labels(cam_path, ds, split, _confident_task, psa_config(cfg), out_path, threads,
+                 "psa labels")
 
 
 # -- stage 2: AffinityNet ----------------------------------------------------------------------

@@ -1,0 +1,84 @@
+"""Per-image CPU work of the refiners (dense CRFs) over a process pool, and its label file.
+
+pydensecrf holds the GIL, so images are spread over processes. A task is (id, cams, keys); the
+worker loads the image itself (the dataset's `load_image` is picklable) and applies a module-level
+function `fn(image, cams, keys, cfg) -> uint8 label`. Results come back in task order.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import sys
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from wsss.store import CamReader, LabelWriter, StoreError
+
+LabelFn = Callable[[np.ndarray, np.ndarray, np.ndarray, dict[str, Any]], np.ndarray]
+
+# Per-process state of the pool, set once by the initializer instead of pickled with each task.
+_WORKER: dict[str, Any] = {}
+
+
+def _init_worker(load_image: Callable[[str], np.ndarray], fn: LabelFn, cfg: dict) -> None:
+    _WORKER.update(load_image=load_image, fn=fn, cfg=cfg)
+
+
+def _label_one(task: tuple[str, np.ndarray, np.ndarray]) -> tuple[str, np.ndarray]:
+    image_id, cams, keys = task
+    image = _WORKER["load_image"](image_id)
+    if image.shape[:2] != cams.shape[1:]:
+        raise StoreError(
+            f"image '{image_id}': CAM size {cams.shape[1:]} differs from image {image.shape[:2]}"
+        )
+    return image_id, _WORKER["fn"](image, cams, keys, _WORKER["cfg"])
+
+
+def label_stream(
+    tasks: Iterable[tuple[str, np.ndarray, np.ndarray]],
+    load_image: Callable[[str], np.ndarray],
+    fn: LabelFn,
+    cfg: dict[str, Any],
+    threads: int = 1,
+    total: int | None = None,
+) -> Iterator[tuple[str, np.ndarray]]:
+    """Yield (id, fn(image, cams, keys, cfg)) per task, in task order.
+
+    Tasks are consumed lazily, so only a few images' CAMs are in flight at a time. `total`
+    (number of tasks) only tunes the chunk size.
+    """
+    if threads <= 1:
+        _init_worker(load_image, fn, cfg)
+        try:
+            yield from map(_label_one, tasks)
+        finally:
+            _WORKER.clear()
+        return
+    # chunks amortise the IPC round trip but stay small enough to keep every worker busy to the end
+    chunksize = max(1, min(8, (total or 0) // (4 * threads)))
+    with multiprocessing.Pool(threads, _init_worker, (load_image, fn, cfg)) as pool:
+        yield from pool.imap(_label_one, tasks, chunksize=chunksize)
+
+
+def write_labels(cam_path: str | os.PathLike, ds, split: str, fn: LabelFn, cfg: dict[str, Any],
+                 out_path: str | os.PathLike, threads: int, desc: str) -> None:
+    """Apply `fn` to every image of `split` with its full-resolution CAMs; write a label store.
+
+    The CAM file must cover the split's ids with the dataset's class list; on any error no
+    output file is left behind. `cfg` is recorded in the file as the refiner's configuration.
+    """
+    ids = ds.ids(split)
+    with CamReader(cam_path) as reader:
+        reader.check(ids, list(ds.classes))
+        tasks = ((image_id, *reader.get(image_id)) for image_id in ids)
+        attrs = {"classes": list(ds.classes), "split": split, "refiner": json.dumps(cfg)}
+        bar = tqdm(total=len(ids), desc=desc, file=sys.stderr, mininterval=5.0, disable=None)
+        with LabelWriter(out_path, attrs) as writer, bar:
+            for image_id, label in label_stream(tasks, ds.load_image, fn, cfg, threads, len(ids)):
+                writer.add(image_id, label)
+                bar.update(1)
