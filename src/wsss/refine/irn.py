@@ -52,7 +52,7 @@ from wsss.models.backbones import Backbone, build_backbone
 from wsss.refine.crf import cam_probs, crf_params, dense_crf
 from wsss.refine.features import classifier_backbone
 from wsss.refine.pool import write_labels
-from wsss.refine.randomwalk import pair_indices, random_walk
+from wsss.refine.randomwalk import masked_mean, pair_indices, pair_labels, random_walk
 from wsss.store import CamReader, LabelReader, LabelWriter, StoreError
 from wsss.train import fit, pick_device, seed_everything
 
@@ -229,25 +229,6 @@ def path_affinity(boundary: torch.Tensor, path: torch.Tensor) -> torch.Tensor:
     return 1.0 - flat[..., path].amax(dim=-1)
 
 
-def pair_labels(grid: torch.Tensor, src: torch.Tensor, dst: torch.Tensor
-                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(bg_pos, fg_pos, neg) boolean (B, P) masks of the pairs of a (B, h, w) label grid.
-
-    Positive: same label (background and foreground kept apart); negative: different labels;
-    pairs touching an unsure cell (255) are in none.
-    """
-    flat = grid.flatten(1)
-    a, b = flat[:, src], flat[:, dst]
-    valid = (a != IGNORE) & (b != IGNORE)
-    same = valid & (a == b)
-    return same & (a == 0), same & (a > 0), valid & (a != b)
-
-
-def _masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    # an empty term contributes 0 instead of NaN, without a host sync on the mask
-    return (values * mask).sum() / mask.sum().clamp_min(1)
-
-
 def affinity_loss(aff: torch.Tensor, bg_pos: torch.Tensor, fg_pos: torch.Tensor,
                   neg: torch.Tensor) -> dict[str, torch.Tensor]:
     """IRN's (pos + neg) / 2 with pos = (bg_pos + fg_pos) / 2.
@@ -258,9 +239,9 @@ def affinity_loss(aff: torch.Tensor, bg_pos: torch.Tensor, fg_pos: torch.Tensor,
     pos_loss = -torch.log(aff + LOG_EPS)
     neg_loss = -torch.log(1.0 + LOG_EPS - aff)
     terms = {
-        "bg_pos": _masked_mean(pos_loss, bg_pos),
-        "fg_pos": _masked_mean(pos_loss, fg_pos),
-        "neg": _masked_mean(neg_loss, neg),
+        "bg_pos": masked_mean(pos_loss, bg_pos),
+        "fg_pos": masked_mean(pos_loss, fg_pos),
+        "neg": masked_mean(neg_loss, neg),
     }
     terms["loss"] = (terms["bg_pos"] / 2 + terms["fg_pos"] / 2 + terms["neg"]) / 2
     return terms

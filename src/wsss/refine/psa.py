@@ -41,7 +41,8 @@ from wsss.models.backbones import Backbone, build_backbone
 from wsss.refine.crf import DEFAULT_CRF, cam_probs, crf_labels, crf_params
 from wsss.refine.features import classifier_backbone
 from wsss.refine.pool import write_labels
-from wsss.refine.randomwalk import pair_indices, pair_offsets, random_walk
+from wsss.refine.randomwalk import masked_mean, pair_indices, pair_offsets, random_walk
+from wsss.refine.randomwalk import pair_labels as walk_pair_labels
 from wsss.store import CamReader, LabelReader, LabelWriter, StoreError
 from wsss.train import fit, pick_device, seed_everything
 
@@ -182,19 +183,10 @@ def downsample_labels(labels: torch.Tensor, size: tuple[int, int], stride: int) 
 
 
 def pair_labels(grid: torch.Tensor, radius: int) -> tuple[torch.Tensor, ...]:
-    """(bg_pos, fg_pos, neg) boolean (B, P) masks of the pairs of a (B, h, w) label grid."""
-    b, h, w = grid.shape
+    """(bg_pos, fg_pos, neg) boolean (B, P) masks of the pairs within `radius` of a label grid."""
+    _, h, w = grid.shape
     src, dst = (t.to(grid.device) for t in _pairs(h, w, radius))
-    flat = grid.flatten(1)
-    a, z = flat[:, src], flat[:, dst]
-    valid = (a != IGNORE) & (z != IGNORE)
-    same = valid & (a == z)
-    return same & (a == 0), same & (a > 0), valid & (a != z)
-
-
-def _masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    # an empty term contributes 0 instead of NaN (clamp), without a host sync on the mask
-    return (values * mask).sum() / mask.sum().clamp_min(1)
+    return walk_pair_labels(grid, src, dst)
 
 
 def affinity_loss(dist: torch.Tensor, bg_pos: torch.Tensor, fg_pos: torch.Tensor,
@@ -206,9 +198,9 @@ def affinity_loss(dist: torch.Tensor, bg_pos: torch.Tensor, fg_pos: torch.Tensor
     """
     neg_loss = -torch.log((-torch.expm1(-dist)).clamp_min(NEG_FLOOR))
     terms = {
-        "bg_pos": _masked_mean(dist, bg_pos),
-        "fg_pos": _masked_mean(dist, fg_pos),
-        "neg": _masked_mean(neg_loss, neg),
+        "bg_pos": masked_mean(dist, bg_pos),
+        "fg_pos": masked_mean(dist, fg_pos),
+        "neg": masked_mean(neg_loss, neg),
     }
     terms["loss"] = terms["bg_pos"] / 4 + terms["fg_pos"] / 4 + terms["neg"] / 2
     return terms

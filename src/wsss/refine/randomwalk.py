@@ -232,3 +232,22 @@ def random_walk(
     weight = affinity.clamp(0.0, 1.0) ** beta
     walk = _dense_walk if h * w <= max_dense_nodes else _sparse_walk
     return walk(x, src, dst, weight, logt).T.reshape(labels, h, w).contiguous()
+
+
+def pair_labels(grid: torch.Tensor, src: torch.Tensor, dst: torch.Tensor
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(bg_pos, fg_pos, neg) boolean (B, P) masks of the pairs of a (B, h, w) label grid.
+
+    Positive: same label (background and foreground kept apart); negative: different labels;
+    pairs touching an unsure cell (255) are in none. Shared by PSA's and IRN's training.
+    """
+    flat = grid.flatten(1)
+    a, b = flat[:, src], flat[:, dst]
+    valid = (a != 255) & (b != 255)
+    same = valid & (a == b)
+    return same & (a == 0), same & (a > 0), valid & (a != b)
+
+
+def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean of `values` where `mask`; an empty mask gives 0 instead of NaN, without a host sync."""
+    return (values * mask).sum() / mask.sum().clamp_min(1)
