@@ -50,3 +50,12 @@ def test_learned_refiner_defaults_are_valid_refiner_blocks():
     validate(cfg, str(SCHEMA))
     defs = yaml.safe_load(SCHEMA.read_text())["$defs"]
     assert set(defs["refiner"]["properties"]["refiner"]["enum"]) == {"crf", *LEARNED_REFINERS}
+
+
+def test_walk_crf_switch_is_a_boolean():
+    from snakemake.exceptions import WorkflowError
+
+    cfg = yaml.safe_load((REPO / "config.yaml").read_text())
+    cfg["refiners"]["irn"]["inference"] = {"crf": "yes"}
+    with pytest.raises(WorkflowError, match="'yes' is not of type 'boolean'"):
+        validate(cfg, str(SCHEMA))

@@ -5,7 +5,14 @@ import pytest
 from PIL import Image
 
 from wsss.data.voc import VocDataset, save_mask
-from wsss.refine.crf import DEFAULT_CRF, cam_probs, crf_labels, dense_crf, run_crf
+from wsss.refine.crf import (
+    DEFAULT_CRF,
+    cam_probs,
+    crf_labels,
+    dense_crf,
+    run_crf,
+    score_crf_labels,
+)
 from wsss.store import CamWriter, LabelReader, StoreError
 
 RED, BLUE, GREEN = (200, 40, 40), (40, 40, 200), (40, 200, 40)
@@ -157,3 +164,17 @@ def test_run_crf_on_tiny_voc_scores_well(tmp_path, tiny_voc_config):
     run_crf(tmp_path / "cams.h5", ds, "train", CFG, tmp_path / "crf.h5", 2, seeds["best_threshold"])
     labels = evaluate_labels(tmp_path / "crf.h5", ds, "train")
     assert labels["miou"] > 0.9 and labels["miou"] > seeds["miou"] + 0.08
+
+
+def test_score_crf_labels_snaps_a_blurred_walk_to_the_colour_edge():
+    image, truth = _two_regions()
+    # walk-like scores: the class spills 6 pixels past the colour edge, and score rows sum to
+    # anything (the function normalises them); the background plane comes first
+    scores = np.zeros((2, *truth.shape), np.float32)
+    scores[0] = 0.3
+    scores[1, :, 24 - 6 :] = 0.5
+    label = score_crf_labels(image, scores * 7.0, np.array([2]), DEFAULT_CRF)
+    assert label.dtype == np.uint8
+    np.testing.assert_array_equal(label, np.where(truth == 1, 3, 0))
+    plain = np.where(scores.argmax(axis=0) == 1, 3, 0)
+    assert (plain != np.where(truth == 1, 3, 0)).sum() == 6 * truth.shape[0]

@@ -113,6 +113,16 @@ def test_tiny_run_then_only_the_changed_branch_reruns(tmp_path):
                                    "failure_modes_labels": 2, "summary": 1, "all": 1}
     assert all("/psa/" in o for o in _planned_outputs(proc, "refine_learned"))
 
+    # an IRN walk setting: IRN's walk only; its relation labels and network are kept
+    cfg["refiners"]["psa"]["training"]["lr"] = _tiny_config()["refiners"]["psa"]["training"]["lr"]
+    cfg["refiners"]["irn"]["beta"] = 8
+    cfg["refiners"]["irn"]["inference"]["crf"] = False
+    _write_config(tmp_path, cfg)
+    proc = _snakemake(tmp_path, "-n")
+    assert _planned_jobs(proc) == {"refine_learned": 2, "evaluate_labels": 2,
+                                   "failure_modes_labels": 2, "summary": 1, "all": 1}
+    assert all("/irn/" in o for o in _planned_outputs(proc, "refine_learned"))
+
 
 def _expect_config_error(tmp_path, cfg, *fragments):
     _write_config(tmp_path, cfg)

@@ -67,11 +67,27 @@ def refiner_block(wildcards) -> str:
     return as_json(config["refiners"][wildcards.refiner])
 
 
+# Settings a learned refiner reads only in its random walk (rule refine_learned): editing them
+# must neither remake its training labels nor retrain its network.
+WALK_KEYS = {
+    "psa": ("beta", "logt", "bg_alpha", "inference"),
+    "irn": ("radius", "beta", "exp_times", "bg_threshold", "inference"),
+}
+
+
+def refiner_train_block(wildcards) -> str:
+    """A learned refiner's block without its walk settings: what its network depends on."""
+    block = config["refiners"][wildcards.refiner]
+    walk = WALK_KEYS[block["refiner"]]
+    return as_json({k: v for k, v in block.items() if k not in walk})
+
+
 def refiner_label_block(wildcards) -> str:
     """A learned refiner's block without its network settings: what its training labels use,
     so a change to the network's training does not remake the labels."""
     block = config["refiners"][wildcards.refiner]
-    return as_json({k: v for k, v in block.items() if k not in ("training", "inference")})
+    skip = ("training", *WALK_KEYS[block["refiner"]])
+    return as_json({k: v for k, v in block.items() if k not in skip})
 
 
 def refiners_of(kind: str) -> list[str]:

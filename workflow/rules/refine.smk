@@ -70,7 +70,7 @@ rule refiner_train:
         classifier=f"{RESULTS}/{{variant}}/classifier.pt",
         code=refiner_code("refine/features.py", "train.py"),
     params:
-        block=refiner_block,
+        block=refiner_train_block,
         dataset=DATASET_JSON,
         split=TRAIN_SPLIT,
         device=config["device"],

@@ -140,3 +140,18 @@ def crf_task(image: np.ndarray, cams: np.ndarray, keys: np.ndarray,
              cfg: dict[str, Any]) -> np.ndarray:
     """One image's CRF labels; `cfg` is a refiner block with its `bg` (a pool task)."""
     return crf_labels(image, cams, keys, cfg["bg"], cfg)
+
+
+def score_crf_labels(image: np.ndarray, scores: np.ndarray, keys: np.ndarray,
+                     params: dict[str, Any]) -> np.ndarray:
+    """uint8 H×W label from (K+1)×H×W non-negative scores (background plane first), after a
+    dense CRF whose unary is -log of the scores normalised to sum 1 per pixel.
+
+    This is the dense-CRF post-processing that PSA's and IRN's papers report on top of the
+    random walk (and that their public code leaves out).
+    """
+    scores = np.clip(np.asarray(scores, dtype=np.float32), 0.0, None)
+    probs = scores / np.maximum(scores.sum(axis=0, keepdims=True), PROB_FLOOR)
+    q = dense_crf(image, probs, params)
+    label_of_plane = np.concatenate([[0], np.asarray(keys, np.int64).reshape(-1) + 1])
+    return label_of_plane.astype(np.uint8)[q.argmax(axis=0)]

@@ -35,8 +35,6 @@ import json
 import math
 import os
 import sys
-from collections import deque
-from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -51,7 +49,7 @@ from wsss.methods.base import Method
 from wsss.models.backbones import Backbone, build_backbone
 from wsss.refine.crf import cam_probs, crf_params, dense_crf
 from wsss.refine.features import classifier_backbone
-from wsss.refine.pool import write_labels
+from wsss.refine.pool import walk_labels, write_labels
 from wsss.refine.randomwalk import masked_mean, pair_indices, pair_labels, random_walk
 from wsss.store import CamReader, LabelReader, LabelWriter, StoreError
 from wsss.train import fit, pick_device, seed_everything
@@ -99,7 +97,9 @@ DEFAULTS: dict[str, Any] = {
         "checkpoint_every": 200,
         "cache_max_images": 2000,
     },
-    "inference": {"flip": True},
+    # crf: the walk's argmax through the label CRF (`crf` block, as for the relation labels);
+    # IRN's paper numbers include a CRF, its code does not (irn issue #26)
+    "inference": {"flip": True, "crf": False},
 }
 
 SIDE_WIDTH, SIDE_GROUPS = 32, 4  # IRN: every level -> 32 channels, GroupNorm(4)
@@ -417,15 +417,11 @@ def boundary_map(net: BoundaryNet, image: np.ndarray, flip: bool) -> torch.Tenso
     return torch.sigmoid(logits.mean(dim=0))
 
 
-def propagate(cams: torch.Tensor, boundary: torch.Tensor, keys: np.ndarray,
-              size: tuple[int, int], cfg: dict[str, Any]) -> np.ndarray:
-    """uint8 H×W label of one image from its stride-4 CAMs (K, h, w) and boundary map (h, w).
-
-    Runs on the device of `boundary`.
-    """
-    keys = np.asarray(keys, dtype=np.int64).reshape(-1)
-    if keys.size == 0:
-        return np.zeros(size, dtype=np.uint8)
+def walk_scores(cams: torch.Tensor, boundary: torch.Tensor, size: tuple[int, int],
+                cfg: dict[str, Any]) -> torch.Tensor:
+    """(K+1, H, W) scores of one image from its stride-4 CAMs (K, h, w) and boundary map
+    (h, w): the constant background plane `bg_threshold`, then the walked CAMs divided by their
+    global maximum. Runs on the device of `boundary`."""
     h, w = boundary.shape
     index = pair_index(h, w, int(cfg["radius"]), str(boundary.device))
     aff = path_affinity(boundary, index.path)
@@ -437,8 +433,24 @@ def propagate(cams: torch.Tensor, boundary: torch.Tensor, keys: np.ndarray,
                            align_corners=False)[0, :, : size[0], : size[1]]
     scores = scores / scores.max().clamp_min(1e-5)  # one scale for all classes of the image
     background = scores.new_full((1, *size), float(cfg["bg_threshold"]))
-    plane = torch.cat([background, scores]).argmax(dim=0).cpu().numpy()
+    return torch.cat([background, scores])
+
+
+def propagate(cams: torch.Tensor, boundary: torch.Tensor, keys: np.ndarray,
+              size: tuple[int, int], cfg: dict[str, Any]) -> np.ndarray:
+    """uint8 H×W label of one image: the argmax of `walk_scores` (no CRF)."""
+    keys = np.asarray(keys, dtype=np.int64).reshape(-1)
+    if keys.size == 0:
+        return np.zeros(size, dtype=np.uint8)
+    plane = walk_scores(cams, boundary, size, cfg).argmax(dim=0).cpu().numpy()
     return np.concatenate([[0], keys + 1]).astype(np.uint8)[plane]
+
+
+def _post_crf(image: np.ndarray, scores: np.ndarray, keys: np.ndarray,
+              cfg: dict[str, Any]) -> np.ndarray:
+    """The walk's argmax cleaned by the label CRF of the relation labels (a process-pool task)."""
+    planes = label_crf(image, scores.argmax(axis=0), len(keys) + 1, cfg["crf"])
+    return np.concatenate([[0], np.asarray(keys, np.int64) + 1]).astype(np.uint8)[planes]
 
 
 def _lowres_cams(reader: CamReader, image_id: str) -> tuple[np.ndarray, np.ndarray]:
@@ -456,8 +468,8 @@ def refine(cam_path: str | os.PathLike, ds: VocDataset, split: str, cfg: dict[st
     """Random-walk pseudo-labels (uint8, 0 bg, k + 1 class k) of `split`, written to `out_path`.
 
     Images are never cropped: big grids make the random walk switch to its sparse path. The
-    network runs image by image in this thread; the walks run in a pool of `threads` threads
-    (torch releases the GIL) on the network's device, a few images ahead at most.
+    network runs image by image in this thread, the walks on its device in `threads` threads,
+    and the optional CRF (`inference.crf`) in `threads` processes (`pool.walk_labels`).
     """
     cfg = irn_config(cfg)
     ids = ds.ids(split)
@@ -465,17 +477,8 @@ def refine(cam_path: str | os.PathLike, ds: VocDataset, split: str, cfg: dict[st
     with CamReader(cam_path) as reader:
         reader.check(ids, list(ds.classes))
         net = load_boundary_net(weights_path, _as_device(device))
-        attrs = {"classes": list(ds.classes), "split": split, "refiner": json.dumps(cfg)}
-        pending: deque[tuple[str, Future]] = deque()
-        with (LabelWriter(out_path, attrs) as writer, ThreadPoolExecutor(max(1, threads)) as pool,
-              _progress(len(ids), "irn refine") as bar):
 
-            def drain(keep: int) -> None:
-                while len(pending) > keep:
-                    image_id, future = pending.popleft()
-                    writer.add(image_id, future.result())
-                    bar.update(1)
-
+        def jobs():
             for image_id in ids:
                 cams, keys = _lowres_cams(reader, image_id)
                 image = ds.load_image(image_id)
@@ -486,13 +489,13 @@ def refine(cam_path: str | os.PathLike, ds: VocDataset, split: str, cfg: dict[st
                         f"{cam_path}: image '{image_id}': stride-4 CAM size {cams.shape[1:]} "
                         f"does not fit the {size[0]}×{size[1]} image (expected {grid})"
                     )
-                if len(keys) == 0:  # nothing to propagate: all background
-                    done: Future = Future()
-                    done.set_result(np.zeros(size, np.uint8))
-                    pending.append((image_id, done))
-                else:
-                    boundary = boundary_map(net, image, flip)
-                    pending.append((image_id, pool.submit(
-                        propagate, torch.from_numpy(cams), boundary, keys, size, cfg)))
-                drain(keep=2 * max(1, threads))  # bounded: a few images in flight
-            drain(keep=0)
+                boundary = boundary_map(net, image, flip) if len(keys) else None
+                yield image_id, image, keys, functools.partial(
+                    walk_scores, torch.from_numpy(cams), boundary, size, cfg)
+
+        attrs = {"classes": list(ds.classes), "split": split, "refiner": json.dumps(cfg)}
+        with LabelWriter(out_path, attrs) as writer, _progress(len(ids), "irn refine") as bar:
+            post = _post_crf if cfg["inference"]["crf"] else None
+            for image_id, label in walk_labels(jobs(), threads, post, cfg):
+                writer.add(image_id, label)
+                bar.update(1)

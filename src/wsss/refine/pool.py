@@ -20,6 +20,8 @@ from tqdm import tqdm
 from wsss.store import CamReader, LabelWriter, StoreError
 
 LabelFn = Callable[[np.ndarray, np.ndarray, np.ndarray, dict[str, Any]], np.ndarray]
+# (image, (K+1)×H×W scores, keys, cfg) -> uint8 label: the last step of a random-walk refiner
+ScoreFn = Callable[[np.ndarray, np.ndarray, np.ndarray, dict[str, Any]], np.ndarray]
 
 # Per-process state of the pool, set once by the initializer instead of pickled with each task.
 _WORKER: dict[str, Any] = {}
@@ -82,3 +84,56 @@ def write_labels(cam_path: str | os.PathLike, ds, split: str, fn: LabelFn, cfg: 
             for image_id, label in label_stream(tasks, ds.load_image, fn, cfg, threads, len(ids)):
                 writer.add(image_id, label)
                 bar.update(1)
+
+
+def walk_labels(
+    jobs: Iterable[tuple[str, np.ndarray, np.ndarray, Callable[[], Any]]],
+    threads: int,
+    post: ScoreFn | None = None,
+    cfg: dict[str, Any] | None = None,
+) -> Iterator[tuple[str, np.ndarray]]:
+    """Yield (id, uint8 label) per job (id, image, keys, walk), in job order.
+
+    `walk()` returns the (K+1)×H×W scores of the image (background plane first) as a torch
+    tensor; it runs in a pool of `threads` threads (torch releases the GIL) while the caller's
+    thread, which produces the jobs lazily, runs the network on the next images. The label is
+    `post(image, scores, keys, cfg)` (a module-level function, e.g. a dense CRF), computed in a
+    pool of `threads` processes (pydensecrf holds the GIL), or without `post` the argmax of the
+    scores. A few images are in flight at most.
+    """
+    from concurrent.futures import Future, ThreadPoolExecutor
+
+    threads = max(1, threads)
+    # All CRF workers are forked here, before the walk threads start (forking a process
+    # whose other threads hold locks is unsafe); they only run numpy and pydensecrf.
+    workers = (multiprocessing.get_context("fork").Pool(threads)
+                if post is not None and threads > 1 else None)
+
+    def finish(image: np.ndarray, keys: np.ndarray, walk: Callable[[], Any]) -> np.ndarray:
+        scores = walk().float().cpu().numpy()
+        if post is None:
+            plane = scores.argmax(axis=0)
+            return np.concatenate([[0], np.asarray(keys) + 1]).astype(np.uint8)[plane]
+        if workers is None:
+            return post(image, scores, keys, cfg)
+        return workers.apply_async(post, (image, scores, keys, cfg)).get()
+
+    pending: list[tuple[str, Future]] = []
+    try:
+        with ThreadPoolExecutor(threads) as pool:
+            for image_id, image, keys, walk in jobs:
+                if len(keys) == 0:  # nothing to propagate: all background
+                    done: Future = Future()
+                    done.set_result(np.zeros(image.shape[:2], np.uint8))
+                    pending.append((image_id, done))
+                else:
+                    pending.append((image_id, pool.submit(finish, image, keys, walk)))
+                while len(pending) > 2 * threads:
+                    image_id, future = pending.pop(0)
+                    yield image_id, future.result()
+            for image_id, future in pending:
+                yield image_id, future.result()
+    finally:
+        if workers is not None:
+            workers.terminate()
+            workers.join()

@@ -23,9 +23,7 @@ import json
 import math
 import os
 import sys
-from collections import deque
 from collections.abc import Iterator, Mapping
-from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -38,9 +36,9 @@ from tqdm import tqdm
 from wsss.data.transforms import SegmentationSet, normalize, upsample
 from wsss.methods.base import Method, freeze_batchnorm
 from wsss.models.backbones import Backbone, build_backbone
-from wsss.refine.crf import DEFAULT_CRF, cam_probs, crf_labels, crf_params
+from wsss.refine.crf import DEFAULT_CRF, cam_probs, crf_labels, crf_params, score_crf_labels
 from wsss.refine.features import classifier_backbone
-from wsss.refine.pool import write_labels
+from wsss.refine.pool import walk_labels, write_labels
 from wsss.refine.randomwalk import masked_mean, pair_indices, pair_offsets, random_walk
 from wsss.refine.randomwalk import pair_labels as walk_pair_labels
 from wsss.store import CamReader, LabelReader, LabelWriter, StoreError
@@ -80,7 +78,9 @@ DEFAULTS: dict[str, Any] = {
         "checkpoint_every": 200,
         "cache_max_images": 2000,
     },
-    "inference": {"flip": True},
+    # crf: a dense CRF (the `crf` kernels) on the walk's scores before the argmax; PSA's paper
+    # reports RW + dCRF, its infer_aff does not apply it
+    "inference": {"flip": True, "crf": False},
 }
 
 # Channels of the 1×1 convs on the last three stages (PSA: 64, 128, 256 -> 448 fused), capped
@@ -373,17 +373,22 @@ def _walk_inputs(net: AffinityNet, image: np.ndarray, cams: np.ndarray, cfg: dic
     return aff[0], probs.to(aff.device), (ph, pw)
 
 
-def _walk_label(aff: torch.Tensor, probs: torch.Tensor, padded: tuple[int, int],
-                size: tuple[int, int], keys: np.ndarray, cfg: dict[str, Any]) -> np.ndarray:
+def _walk_scores(aff: torch.Tensor, probs: torch.Tensor, padded: tuple[int, int],
+                 size: tuple[int, int], cfg: dict[str, Any]) -> torch.Tensor:
+    """(K+1, H, W) walked scores (background plane first) at the image's resolution."""
     _, h, w = probs.shape
     src, dst = _pairs(h, w, cfg["radius"])
     # On a CPU the 2**logt sparse products beat logt dense n×n squarings from a few hundred
     # cells on (63×47 grid, 256 steps: 0.04 s vs 3.2 s); a GPU squares 4096 cells quickly.
     dense_limit = 4096 if probs.device.type == "cuda" else 256
     scores = random_walk(probs, src, dst, aff, cfg["beta"], cfg["logt"], dense_limit)
-    scores = upsample(scores[None], padded)[0, :, : size[0], : size[1]]
-    label_of_plane = np.concatenate([[0], np.asarray(keys) + 1]).astype(np.uint8)
-    return label_of_plane[scores.argmax(dim=0).cpu().numpy()]
+    return upsample(scores[None], padded)[0, :, : size[0], : size[1]]
+
+
+def _post_crf(image: np.ndarray, scores: np.ndarray, keys: np.ndarray,
+              cfg: dict[str, Any]) -> np.ndarray:
+    """Label from the walked scores through PSA's dense CRF (a process-pool task)."""
+    return score_crf_labels(image, scores, keys, cfg["crf"])
 
 
 def refine(cam_path: str | os.PathLike, ds: VocDataset, split: str, cfg: dict[str, Any],
@@ -391,36 +396,30 @@ def refine(cam_path: str | os.PathLike, ds: VocDataset, split: str, cfg: dict[st
            device: torch.device | str, threads: int) -> None:
     """Random-walk pseudo-labels (uint8, 0 bg, k + 1 class k) of `split`, written to `out_path`.
 
-    The network runs image by image in this thread; the walks run in a pool of `threads`
-    threads (torch releases the GIL), on the network's device.
+    The network runs image by image in this thread, the walks on its device in `threads`
+    threads, and the optional CRF (`inference.crf`) in `threads` processes
+    (`pool.walk_labels`).
     """
     cfg = psa_config(cfg)
     ids = ds.ids(split)
     with CamReader(cam_path) as reader:
         reader.check(ids, list(ds.classes))
         net = load_affinity_net(weights_path, _as_device(device), cfg["radius"])
-        attrs = {"classes": list(ds.classes), "split": split, "refiner": json.dumps(cfg)}
-        pending: deque[tuple[str, Future]] = deque()
-        with (LabelWriter(out_path, attrs) as writer, ThreadPoolExecutor(max(1, threads)) as pool,
-              _progress(len(ids), "psa refine") as bar):
 
-            def drain(keep: int) -> None:
-                while len(pending) > keep:
-                    image_id, future = pending.popleft()
-                    writer.add(image_id, future.result())
-                    bar.update(1)
-
+        def jobs():
             for image_id in ids:
                 cams, keys = reader.get(image_id)
                 image = ds.load_image(image_id)
                 if image.shape[:2] != cams.shape[1:]:
                     raise StoreError(f"{cam_path}: image '{image_id}': CAM size "
                                      f"{cams.shape[1:]} differs from image {image.shape[:2]}")
-                if len(keys) == 0:  # nothing to propagate: all background
-                    future = pool.submit(np.zeros, image.shape[:2], np.uint8)
-                else:
-                    walk = _walk_inputs(net, image, cams, cfg)
-                    future = pool.submit(_walk_label, *walk, image.shape[:2], keys, cfg)
-                pending.append((image_id, future))
-                drain(keep=2 * max(1, threads))  # bounded: a few images in flight
-            drain(keep=0)
+                walk = _walk_inputs(net, image, cams, cfg) if len(keys) else ()
+                yield image_id, image, keys, functools.partial(
+                    _walk_scores, *walk, image.shape[:2], cfg)
+
+        attrs = {"classes": list(ds.classes), "split": split, "refiner": json.dumps(cfg)}
+        with LabelWriter(out_path, attrs) as writer, _progress(len(ids), "psa refine") as bar:
+            post = _post_crf if cfg["inference"]["crf"] else None
+            for image_id, label in walk_labels(jobs(), threads, post, cfg):
+                writer.add(image_id, label)
+                bar.update(1)
