@@ -59,3 +59,24 @@ def test_walk_crf_switch_is_a_boolean():
     cfg["refiners"]["irn"]["inference"] = {"crf": "yes"}
     with pytest.raises(WorkflowError, match="'yes' is not of type 'boolean'"):
         validate(cfg, str(SCHEMA))
+
+
+def _overlay(base: dict, over: dict) -> dict:
+    """Snakemake's merge of a later --configfile: nested dicts merged, other values replaced."""
+    out = dict(base)
+    for key, value in over.items():
+        both = isinstance(value, dict) and isinstance(base.get(key), dict)
+        out[key] = _overlay(base[key], value) if both else value
+    return out
+
+
+OVERLAYS = sorted((REPO / "workflow" / "configs" / "ablations").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", OVERLAYS, ids=lambda p: p.name)
+def test_ablation_overlays_validate_on_the_default_config(path):
+    over = yaml.safe_load(path.read_text())
+    cfg = _overlay(yaml.safe_load((REPO / "config.yaml").read_text()), over)
+    validate(cfg, str(SCHEMA))
+    assert set(cfg["run"]["refiners"]) <= set(cfg["refiners"])
+    assert set(cfg["run"]["variants"]) <= set(cfg["methods"])
