@@ -1,5 +1,5 @@
 # WSSS workflow: dataset -> classifier per method variant -> CAMs -> seeds / refiners -> evaluation
-# -> summary. Stage rules live in workflow/rules/, one file per stage; helpers in common.smk.
+# -> DeepLab retraining on chosen pseudo-labels -> summary and report figures. Stage rules live in workflow/rules/, one file per stage; helpers in common.smk.
 from snakemake.utils import min_version, validate
 
 min_version("9.0")
@@ -29,10 +29,12 @@ include: "workflow/rules/classifier.smk"
 include: "workflow/rules/cams.smk"
 include: "workflow/rules/refine.smk"
 include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/deeplab.smk"
 include: "workflow/rules/report.smk"
 
 
 rule all:
     input:
         summary_outputs(),
+        list(REPORT_FIGURES.values()),
     default_target: True

@@ -1,5 +1,4 @@
 import json
-import pickle
 
 import numpy as np
 import pytest
@@ -204,18 +203,6 @@ def test_flipped_affinities_are_mirror_consistent(ds, classifier):
     order = [index[frozenset(p)] for p in zip(*(m.tolist() for m in mirror), strict=True)]
     torch.testing.assert_close(aff[0], aff_m[0, order])
     assert aff.shape == (1, len(src)) and bool(((aff > 0) & (aff <= 1)).all())
-
-
-def test_stored_labels_survive_pickling(tmp_path, ds):
-    path = tmp_path / "labels.h5"
-    with LabelWriter(path, {"classes": list(ds.classes)}) as writer:
-        writer.add("a", np.full((3, 4), 2, np.uint8))
-    labels = psa._StoredLabels(path, ["a"])
-    assert labels["a"].sum() == 24
-    copy = pickle.loads(pickle.dumps(labels))
-    np.testing.assert_array_equal(copy["a"], labels["a"])
-    labels.close()
-    copy.close()
 
 
 def test_missing_cam_id_fails_before_writing(tmp_path, ds, classifier):

@@ -1,5 +1,6 @@
 import json
 import os
+import pickle
 import signal
 import subprocess
 import sys
@@ -9,7 +10,15 @@ import h5py
 import numpy as np
 import pytest
 
-from wsss.store import CamReader, CamWriter, LabelReader, LabelWriter, StoreError, write_json
+from wsss.store import (
+    CamReader,
+    CamWriter,
+    LabelMap,
+    LabelReader,
+    LabelWriter,
+    StoreError,
+    write_json,
+)
 
 
 def test_cam_store_round_trip(tmp_path):
@@ -89,3 +98,15 @@ def test_write_json_atomic(tmp_path):
     write_json(path, {"miou": 0.5})
     assert json.loads(path.read_text()) == {"miou": 0.5}
     assert [p.name for p in path.parent.iterdir()] == ["b.json"]
+
+
+def test_label_map_survives_pickling(tmp_path):
+    path = tmp_path / "labels.h5"
+    with LabelWriter(path, {"classes": ["cat", "dog"]}) as writer:
+        writer.add("a", np.full((3, 4), 2, np.uint8))
+    labels = LabelMap(path, ["a"])
+    assert labels["a"].sum() == 24
+    copy = pickle.loads(pickle.dumps(labels))
+    np.testing.assert_array_equal(copy["a"], labels["a"])
+    labels.close()
+    copy.close()

@@ -41,6 +41,10 @@ def _tiny_config() -> dict:
     for name in ("psa", "irn"):
         cfg["refiners"][name]["training"].update(epochs=1, batch_size=8)
     cfg["run"]["refiners"] = ["crf", "crf_power", "psa", "irn"]
+    cfg["deeplab"]["training"].update(epochs=1, batch_size=8)
+    cfg["deeplab"]["inference"].update(scales=[1.0])
+    cfg["run"]["deeplab"] = [["other", "crf"]]
+    cfg["report"] = {"examples": 3}
     return cfg
 
 
@@ -65,7 +69,9 @@ def test_dry_run_of_the_default_config(tmp_path):
     assert jobs == {"synthetic_data": 1, "dataset_index": 1, "train_classifier": 1, "cams": 1,
                     "evaluate_seeds": 1, "refine_crf": 1, "refiner_train_labels": 2,
                     "refiner_train": 2, "refine_learned": 2, "evaluate_labels": 3,
-                    "failure_modes": 1, "failure_modes_labels": 3, "summary": 1, "all": 1}
+                    "failure_modes": 1, "failure_modes_labels": 3, "deeplab_train": 1,
+                    "deeplab_predict": 2, "evaluate_deeplab": 4, "summary": 1,
+                    "report_figures": 1, "all": 1}
 
 
 @pytest.mark.workflow
@@ -84,6 +90,16 @@ def test_tiny_run_then_only_the_changed_branch_reruns(tmp_path):
     for rule in ("train_classifier/baseline", "cams/baseline/train", "summary"):
         assert (results / "benchmarks" / f"{rule}.tsv").exists()
     assert _snakemake(tmp_path, "-n").stdout.count("Nothing to be done") == 1
+    deeplab = results / "other" / "crf" / "deeplab"
+    val = json.loads((deeplab / "pred_crf" / "val.eval.json").read_text())
+    assert val["stage"] == "deeplab_crf_crf" and val["split"] == "val" and val["num_images"] == 8
+    assert "deeplab_crf_miou" in summary and (deeplab / "deeplab.log.csv").is_file()
+    for figure in ("class_iou", "examples", "training_curves"):
+        assert (results / "report" / f"{figure}.png").stat().st_size > 10_000
+    _snakemake(tmp_path, "--report", "report.html")
+    html = (tmp_path / "report.html").read_text()
+    assert all(name in html for name in ("summary.png", "class_iou.png", "examples.png",
+                                         "training_curves.png", "Per-class IoU"))
 
     # a training setting of one variant: that variant's classifier and everything after it
     cfg["methods"]["other"]["training"]["lr"] = 0.02
@@ -91,7 +107,9 @@ def test_tiny_run_then_only_the_changed_branch_reruns(tmp_path):
     assert _planned_jobs(_snakemake(tmp_path, "-n")) == {
         "train_classifier": 1, "cams": 1, "evaluate_seeds": 1, "failure_modes": 1,
         "refine_crf": 2, "refiner_train_labels": 2, "refiner_train": 2, "refine_learned": 2,
-        "evaluate_labels": 4, "failure_modes_labels": 4, "summary": 1, "all": 1}
+        "evaluate_labels": 4, "failure_modes_labels": 4, "deeplab_train": 1,
+        "deeplab_predict": 2, "evaluate_deeplab": 4, "summary": 1, "report_figures": 1,
+        "all": 1}
 
     # a setting of one refiner: that refiner's labels of every variant, nothing upstream
     cfg["methods"]["other"]["training"]["lr"] = _tiny_config()["methods"]["other"]["training"]["lr"]
@@ -99,7 +117,8 @@ def test_tiny_run_then_only_the_changed_branch_reruns(tmp_path):
     _write_config(tmp_path, cfg)
     proc = _snakemake(tmp_path, "-n")
     assert _planned_jobs(proc) == {"refine_crf": 2, "evaluate_labels": 2,
-                                   "failure_modes_labels": 2, "summary": 1, "all": 1}
+                                   "failure_modes_labels": 2, "summary": 1,
+                                   "report_figures": 1, "all": 1}
     outputs = _planned_outputs(proc, "refine_crf")
     assert sorted(outputs) == [f"results/synthetic/{v}/crf_power/labels/train.h5"
                                for v in ("baseline", "other")]
@@ -110,7 +129,8 @@ def test_tiny_run_then_only_the_changed_branch_reruns(tmp_path):
     _write_config(tmp_path, cfg)
     proc = _snakemake(tmp_path, "-n")
     assert _planned_jobs(proc) == {"refiner_train": 2, "refine_learned": 2, "evaluate_labels": 2,
-                                   "failure_modes_labels": 2, "summary": 1, "all": 1}
+                                   "failure_modes_labels": 2, "summary": 1,
+                                   "report_figures": 1, "all": 1}
     assert all("/psa/" in o for o in _planned_outputs(proc, "refine_learned"))
 
     # an IRN walk setting: IRN's walk only; its relation labels and network are kept
@@ -120,8 +140,16 @@ def test_tiny_run_then_only_the_changed_branch_reruns(tmp_path):
     _write_config(tmp_path, cfg)
     proc = _snakemake(tmp_path, "-n")
     assert _planned_jobs(proc) == {"refine_learned": 2, "evaluate_labels": 2,
-                                   "failure_modes_labels": 2, "summary": 1, "all": 1}
+                                   "failure_modes_labels": 2, "summary": 1,
+                                   "report_figures": 1, "all": 1}
     assert all("/irn/" in o for o in _planned_outputs(proc, "refine_learned"))
+
+    # a DeepLab inference setting: its predictions only, not its network
+    cfg["refiners"]["irn"] = _tiny_config()["refiners"]["irn"]
+    cfg["deeplab"]["inference"]["flip"] = False
+    _write_config(tmp_path, cfg)
+    assert _planned_jobs(_snakemake(tmp_path, "-n")) == {
+        "deeplab_predict": 2, "evaluate_deeplab": 4, "summary": 1, "report_figures": 1, "all": 1}
 
 
 def _expect_config_error(tmp_path, cfg, *fragments):

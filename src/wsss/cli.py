@@ -181,6 +181,28 @@ def cmd_refine(args) -> None:
                                         threads=_threads(args))
 
 
+def cmd_deeplab_train(args) -> None:
+    from wsss.segment import train
+    from wsss.train import pick_device
+
+    _set_torch_threads(_threads(args))
+    ds = _dataset(args.dataset)
+    weights = train(ds, args.split, args.labels, args.config, args.out, pick_device(args.device))
+    log.info("DeepLab weights: %s", weights)
+
+
+def cmd_deeplab_predict(args) -> None:
+    from wsss.segment import predict
+    from wsss.train import pick_device
+
+    _set_torch_threads(_threads(args))
+    ds = _dataset(args.dataset)
+    speed = predict(args.weights, ds, args.split, args.config, args.out, args.out_crf,
+                    pick_device(args.device), threads=_threads(args))
+    log.info("DeepLab labels of %d images in %.1f s (%.1f images/s)", speed["images"],
+             speed["seconds"], speed["images_per_second"])
+
+
 def cmd_eval_labels(args) -> None:
     from wsss.evaluate import evaluate_labels
     from wsss.store import LabelReader, versions, write_json
@@ -231,6 +253,22 @@ def cmd_export_png(args) -> None:
         for image_id in labels.ids:
             save_mask(out / f"{image_id}.png", labels.get(image_id))
     log.info("wrote %d PNGs to %s", len(labels.ids), out)
+
+
+def cmd_figures(args) -> None:
+    from wsss.data.index import read_index
+    from wsss.figures import class_iou_heatmap, example_grid, pick_examples, training_curves
+    from wsss.report import load_evaluations
+
+    ds = _dataset(args.dataset)
+    evals = load_evaluations(args.evals)
+    class_iou_heatmap(evals, args.heatmap)
+    labels = read_index(args.index)["splits"][args.split]["labels"] if args.index else None
+    ids = pick_examples(ds, args.split, args.examples, labels)
+    example_grid(ds, ids, args.columns, args.grid)
+    training_curves([(label, path) for label, path in args.logs], args.curves)
+    log.info("figures: %d evaluations, %d example images, %d training logs", len(evals),
+             len(ids), len(args.logs))
 
 
 # -- parser ------------------------------------------------------------------------------------
@@ -320,6 +358,26 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--out", required=True)
     sp.add_argument("--device", default="auto")
 
+    sp = stage("deeplab-train", cmd_deeplab_train,
+               "train a DeepLab on a pseudo-label file (resumable)")
+    dataset_args(sp)
+    sp.add_argument("--split", required=True, help="split of the training labels")
+    sp.add_argument("--labels", required=True, help="pseudo-label HDF5 of that split")
+    sp.add_argument("--config", type=_json, required=True, help="deeplab block as JSON")
+    sp.add_argument("--out", required=True,
+                    help="output folder (deeplab.pt, deeplab.checkpoint.pt, deeplab.log.csv)")
+    sp.add_argument("--device", default="auto")
+
+    sp = stage("deeplab-predict", cmd_deeplab_predict,
+               "multi-scale + flip DeepLab labels of a split, with and without its CRF")
+    dataset_args(sp)
+    sp.add_argument("--split", required=True)
+    sp.add_argument("--weights", required=True, help="deeplab.pt from deeplab-train")
+    sp.add_argument("--config", type=_json, required=True, help="deeplab block as JSON")
+    sp.add_argument("--out", required=True, help="label HDF5 of the network's argmax")
+    sp.add_argument("--out-crf", default=None, help="label HDF5 after the dense CRF")
+    sp.add_argument("--device", default="auto")
+
     sp = stage("eval-labels", cmd_eval_labels, "mIoU of a pseudo-label file")
     dataset_args(sp)
     sp.add_argument("--labels", required=True)
@@ -350,6 +408,20 @@ def build_parser() -> argparse.ArgumentParser:
     sp = stage("export-png", cmd_export_png, "write a label HDF5 as VOC palette PNGs")
     sp.add_argument("--labels", required=True)
     sp.add_argument("--out", required=True)
+    sp = stage("figures", cmd_figures, "the report's figures: per-class IoU, examples, curves")
+    dataset_args(sp)
+    sp.add_argument("--evals", nargs="+", required=True, help="evaluation JSONs")
+    sp.add_argument("--columns", type=_json, required=True,
+                    help="example grid columns as JSON: [{title, kind, path, extra}, ...]")
+    sp.add_argument("--logs", type=_json, required=True,
+                    help="training logs as JSON: [[label, csv path], ...]")
+    sp.add_argument("--split", required=True, help="split the example images come from")
+    sp.add_argument("--examples", type=int, default=6, help="number of example images")
+    sp.add_argument("--index", default=None, help="dataset index (image labels, saves reads)")
+    sp.add_argument("--heatmap", required=True)
+    sp.add_argument("--grid", required=True)
+    sp.add_argument("--curves", required=True)
+
     return p
 
 

@@ -1,4 +1,5 @@
-"""Summary of all evaluations: a variants × stages table (CSV and Markdown) and a bar chart."""
+"""Summary of all evaluations: a variants × stages table (CSV and Markdown) and a bar chart
+(`wsss.figures.miou_bars`)."""
 
 from __future__ import annotations
 
@@ -8,13 +9,8 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
+from wsss.figures import stage_sort_key
 from wsss.store import atomic_path
-
-STAGE_ORDER = ["seeds"]
-
-
-def _stage_key(stage: str) -> tuple[int, str]:
-    return (STAGE_ORDER.index(stage) if stage in STAGE_ORDER else 1, stage)
 
 
 def load_evaluations(paths: Sequence[str | Path]) -> list[dict]:
@@ -24,6 +20,7 @@ def load_evaluations(paths: Sequence[str | Path]) -> list[dict]:
         for key in ("variant", "stage", "miou", "split"):
             if key not in data:
                 raise ValueError(f"{path}: evaluation lacks '{key}'")
+        data["_path"] = str(path)  # lets the figures name the file in their errors
         evals.append(data)
     return evals
 
@@ -31,7 +28,7 @@ def load_evaluations(paths: Sequence[str | Path]) -> list[dict]:
 def summary_rows(evals: list[dict]) -> tuple[list[str], list[dict]]:
     """One row per (variant, split); columns per stage: mIoU, plus seeds threshold and fg P/R."""
     stages = sorted({e["stage"] for e in evals},
-                    key=_stage_key)
+                    key=stage_sort_key)
     rows: dict[tuple[str, str], dict] = {}
     for e in evals:
         row = rows.setdefault((e["variant"], e["split"]),
@@ -56,42 +53,14 @@ def _markdown(columns: list[str], rows: list[dict], title: str) -> str:
     if title:
         out.write(f"# {title}\n\n")
     out.write("mIoU, foreground precision and recall in %; seeds at the best background "
-              "threshold of the sweep (and at the configured default).\n\n")
+              "threshold of the sweep (and at the configured default). `deeplab_<refiner>`: "
+              "DeepLab trained on that refiner's pseudo-labels of the train split, evaluated on "
+              "the row's split (`_crf`: after DeepLab's CRF).\n\n")
     out.write("| " + " | ".join(columns) + " |\n")
     out.write("|" + "|".join("---" for _ in columns) + "|\n")
     for r in rows:
         out.write("| " + " | ".join(str(r.get(c, "")) for c in columns) + " |\n")
     return out.getvalue()
-
-
-def _bar_chart(path: Path, evals: list[dict], title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
-
-    variants = sorted({e["variant"] for e in evals})
-    stages = sorted({e["stage"] for e in evals},
-                    key=_stage_key)
-    value = {(e["variant"], e["stage"]): 100 * e["miou"] for e in evals}
-    width = 0.8 / len(stages)
-    fig, ax = plt.subplots(figsize=(max(4.0, 1.6 * len(variants) + 2), 3.6), dpi=120)
-    x = np.arange(len(variants))
-    for k, stage in enumerate(stages):
-        vals = [value.get((v, stage), np.nan) for v in variants]
-        bars = ax.bar(x + (k - (len(stages) - 1) / 2) * width, vals, width, label=stage)
-        ax.bar_label(bars, fmt="%.1f", fontsize=8, padding=2)
-    ax.set_xticks(x, variants)
-    ax.set_ylabel("mIoU (%)")
-    ax.set_ylim(0, 100)
-    ax.set_title(title or "mIoU per variant and stage")
-    ax.legend(frameon=False, fontsize=8, ncols=len(stages))
-    ax.spines[["top", "right"]].set_visible(False)
-    fig.tight_layout()
-    with atomic_path(path, suffix=".png") as tmp:
-        fig.savefig(tmp, format="png")
-    plt.close(fig)
 
 
 def _failure_mode_table(paths: Sequence[str | Path]) -> str:
@@ -115,7 +84,7 @@ def _failure_mode_table(paths: Sequence[str | Path]) -> str:
               + "; ".join(f"{b}: {', '.join(c)}" for b, c in diags[0]["cooccurring"].items())
               + ").\n\n")
     out.write("| " + " | ".join(head) + " |\n|" + "|".join("---" for _ in head) + "|\n")
-    for d in sorted(diags, key=lambda d: (d["variant"], d["split"], _stage_key(d["stage"]))):
+    for d in sorted(diags, key=lambda d: (d["variant"], d["split"], stage_sort_key(d["stage"]))):
         fp = d["background_false_positive_rate"]
         threshold = "" if d["threshold"] is None else f"{d['threshold']:.2f}"
         cells = [d["variant"], d["stage"], d["split"], threshold,
@@ -141,4 +110,6 @@ def write_summary(eval_paths: Sequence[str | Path], csv_path: str | Path, md_pat
         writer.writerows(rows)
     with atomic_path(md_path) as tmp:
         tmp.write_text(_markdown(columns, rows, title) + _failure_mode_table(diagnostics))
-    _bar_chart(Path(png_path), evals, title)
+    from wsss.figures import miou_bars
+
+    miou_bars(evals, png_path, title)

@@ -12,7 +12,7 @@ import json
 import os
 import platform
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -207,3 +207,42 @@ class LabelReader(_Reader):
         if image_id not in self.file:
             raise StoreError(f"{self.path}: image id '{image_id}' is missing")
         return self.file[image_id][()]
+
+
+class LabelMap(Mapping[str, np.ndarray]):
+    """id -> label of a label store, read on demand (a whole split may not fit in RAM).
+
+    Training sets take a mapping; this one opens the HDF5 file lazily in each process, so it
+    can be pickled or forked into DataLoader workers (an h5py handle cannot cross a fork).
+    `ids` are the keys it serves; they are not checked against the file (`LabelReader.check`).
+    """
+
+    def __init__(self, path: str | os.PathLike, ids: Sequence[str]):
+        self.path = Path(path)
+        self.ids = list(ids)
+        self._known = set(self.ids)
+        self._reader: LabelReader | None = None
+        self._pid = 0
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_reader": None, "_pid": 0}
+
+    def __getitem__(self, image_id: str) -> np.ndarray:
+        if self._reader is None or self._pid != os.getpid():
+            self._reader, self._pid = LabelReader(self.path), os.getpid()
+        return self._reader.get(image_id)
+
+    def __contains__(self, image_id: object) -> bool:
+        return image_id in self._known
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.ids)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def close(self) -> None:
+        """Close this process's handle; a handle inherited through fork is left alone."""
+        if self._reader is not None and self._pid == os.getpid():
+            self._reader.close()
+        self._reader = None

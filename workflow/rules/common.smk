@@ -43,6 +43,21 @@ def _check_config():
             config_error(f"split '{split}' is not a key of dataset.splits ({sorted(splits)})")
     if config["dataset"]["kind"] == "voc" and not config["dataset"]["root"]:
         config_error("dataset.root must be set for dataset.kind voc")
+    for split in config["deeplab"]["splits"]:
+        if split not in splits:
+            config_error(f"deeplab.splits: '{split}' is not a key of dataset.splits "
+                         f"({sorted(splits)})")
+    if run["deeplab"] != "all":
+        for variant, refiner in run["deeplab"]:
+            if variant not in methods:
+                config_error(f"run.deeplab: ['{variant}', '{refiner}']: '{variant}' is not a key "
+                             f"of methods: ({sorted(methods)})")
+            if refiner not in refiners:
+                config_error(f"run.deeplab: ['{variant}', '{refiner}']: '{refiner}' is not a key "
+                             f"of refiners: ({sorted(refiners)})")
+    if config["report"]["example_split"] not in run["splits"]:
+        config_error(f"report.example_split: '{config['report']['example_split']}' is not one "
+                     f"of run.splits ({run['splits']}), whose labels the grid shows")
 
 
 _check_config()
@@ -130,6 +145,22 @@ def refiner_code(*modules: str):
     return inputs
 
 
+def deeplab_pairs() -> list[tuple[str, str]]:
+    """(variant, refiner) pairs whose pseudo-labels train a DeepLab."""
+    run = config["run"]
+    if run["deeplab"] == "all":
+        return [(v, r) for v in run["variants"] for r in run["refiners"]]
+    return [(v, r) for v, r in run["deeplab"]]
+
+
+DEEPLAB_KINDS = {"pred": "", "pred_crf": "_crf"}  # prediction folder -> stage-name suffix
+
+
+def deeplab_targets(suffix: str = ".eval.json") -> list[str]:
+    return [f"{RESULTS}/{v}/{r}/deeplab/{kind}/{s}{suffix}" for v, r in deeplab_pairs()
+            for s in config["deeplab"]["splits"] for kind in DEEPLAB_KINDS]
+
+
 def evaluation_targets() -> list[str]:
     run = config["run"]
     out = []
@@ -137,7 +168,7 @@ def evaluation_targets() -> list[str]:
         for s in run["splits"]:
             out.append(f"{RESULTS}/{v}/cams/{s}.eval.json")
             out += [f"{RESULTS}/{v}/{r}/labels/{s}.eval.json" for r in run["refiners"]]
-    return out
+    return out + deeplab_targets()
 
 
 def diagnostic_targets() -> list[str]:
@@ -155,3 +186,56 @@ def diagnostic_targets() -> list[str]:
 
 def summary_outputs() -> list[str]:
     return [f"{RESULTS}/summary.csv", f"{RESULTS}/summary.md", f"{RESULTS}/summary.png"]
+
+
+def example_columns() -> list[dict]:
+    """Columns of the qualitative grid: per variant its CAM, seeds, refiners' labels and the
+    DeepLab predictions of the pairs it feeds (when DeepLab predicts that split)."""
+    split = config["report"]["example_split"]
+    run = config["run"]
+    cols = []
+    for v in run["variants"]:
+        cams = f"{RESULTS}/{v}/cams/{split}.h5"
+        cols.append({"title": f"{v}: CAM", "kind": "cam", "path": cams})
+        cols.append({"title": f"{v}: seeds", "kind": "seeds", "path": cams,
+                     "extra": f"{RESULTS}/{v}/cams/{split}.eval.json"})
+        for r in run["refiners"]:
+            cols.append({"title": f"{v}: {r}", "kind": "labels",
+                         "path": f"{RESULTS}/{v}/{r}/labels/{split}.h5"})
+        if split in config["deeplab"]["splits"]:
+            for pv, r in deeplab_pairs():
+                if pv == v:
+                    cols.append({"title": f"{v}: DeepLab ({r})", "kind": "labels",
+                                 "path": f"{RESULTS}/{v}/{r}/deeplab/pred/{split}.h5"})
+    return cols
+
+
+def example_inputs() -> list[str]:
+    return sorted({p for c in example_columns() for p in (c["path"], c.get("extra")) if p})
+
+
+def training_logs() -> list[tuple[str, str, str]]:
+    """(label, log CSV, the output that guarantees it) of every network the run trains; the
+    logs are side files of the training rules, so the rules' outputs are the inputs."""
+    run = config["run"]
+    logs = []
+    for v in run["variants"]:
+        logs.append((f"{v}: classifier", f"{RESULTS}/{v}/train_log.csv",
+                     f"{RESULTS}/{v}/classifier.pt"))
+        for r in run["refiners"]:
+            kind = config["refiners"][r]["refiner"]
+            if kind in WALK_KEYS:
+                name = {"psa": "affinity", "irn": "irn"}[kind]
+                logs.append((f"{v}: {r}", f"{RESULTS}/{v}/{r}/{name}.log.csv",
+                             f"{RESULTS}/{v}/{r}/network.pt"))
+    for v, r in deeplab_pairs():
+        logs.append((f"{v}: DeepLab ({r})", f"{RESULTS}/{v}/{r}/deeplab/deeplab.log.csv",
+                     f"{RESULTS}/{v}/{r}/deeplab/deeplab.pt"))
+    return logs
+
+
+REPORT_FIGURES = {  # the mIoU bar chart is the summary rule's summary.png
+    "heatmap": f"{RESULTS}/report/class_iou.png",
+    "examples": f"{RESULTS}/report/examples.png",
+    "curves": f"{RESULTS}/report/training_curves.png",
+}

@@ -51,7 +51,7 @@ from wsss.refine.crf import cam_probs, crf_params, dense_crf
 from wsss.refine.features import classifier_backbone
 from wsss.refine.pool import walk_labels, write_labels
 from wsss.refine.randomwalk import masked_mean, pair_indices, pair_labels, random_walk
-from wsss.store import CamReader, LabelReader, LabelWriter, StoreError
+from wsss.store import CamReader, LabelMap, LabelReader, LabelWriter, StoreError
 from wsss.train import fit, pick_device, seed_everything
 
 if TYPE_CHECKING:
@@ -324,32 +324,6 @@ class BoundaryNet(Method):
         return {k: v.item() for k, v in terms.items()}
 
 
-class _StoredLabels:
-    """id -> label map read from a label store on demand (a whole split may not fit in RAM).
-
-    The HDF5 handle is opened lazily in each process, so the mapping can be pickled or forked
-    into DataLoader workers.
-    """
-
-    def __init__(self, path: str | os.PathLike):
-        self.path = Path(path)
-        self._reader: LabelReader | None = None
-        self._pid = 0
-
-    def __getstate__(self) -> dict[str, Any]:
-        return {"path": self.path, "_reader": None, "_pid": 0}
-
-    def __getitem__(self, image_id: str) -> np.ndarray:
-        if self._reader is None or self._pid != os.getpid():
-            self._reader, self._pid = LabelReader(self.path), os.getpid()
-        return self._reader.get(image_id)
-
-    def close(self) -> None:
-        if self._reader is not None and self._pid == os.getpid():
-            self._reader.close()
-        self._reader = None
-
-
 def _as_device(device: torch.device | str) -> torch.device:
     return pick_device(device) if isinstance(device, str) else device
 
@@ -370,7 +344,7 @@ def train(ds: VocDataset, split: str, label_path: str | os.PathLike, cfg: dict[s
     classifier = torch.load(classifier_path, map_location="cpu", weights_only=False)
     seed_everything(training["seed"])  # the branch's initial weights are part of the run
     net = BoundaryNet(cfg, ds.num_classes, classifier_backbone(classifier_path, frozen=True))
-    labels = _StoredLabels(label_path)
+    labels = LabelMap(label_path, ids)
     trainset = SegmentationSet(ds, ids, labels, training, seed=training["seed"])
     meta = {"config": cfg, "backbone": classifier["config"]["backbone"],
             "classes": list(ds.classes)}

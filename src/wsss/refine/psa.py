@@ -23,7 +23,6 @@ import json
 import math
 import os
 import sys
-from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -41,7 +40,7 @@ from wsss.refine.features import classifier_backbone
 from wsss.refine.pool import walk_labels, write_labels
 from wsss.refine.randomwalk import masked_mean, pair_indices, pair_offsets, random_walk
 from wsss.refine.randomwalk import pair_labels as walk_pair_labels
-from wsss.store import CamReader, LabelReader, LabelWriter, StoreError
+from wsss.store import CamReader, LabelMap, LabelReader, LabelWriter, StoreError
 from wsss.train import fit, pick_device, seed_everything
 
 if TYPE_CHECKING:
@@ -282,36 +281,6 @@ class AffinityNet(Method):
         return aff, (feats.shape[2], feats.shape[3])
 
 
-class _StoredLabels(Mapping):
-    """id -> label map read from a label store on demand (the whole split may not fit in RAM).
-
-    The HDF5 handle is opened lazily per process, so the mapping survives being pickled into
-    DataLoader workers.
-    """
-
-    def __init__(self, path: str | os.PathLike, ids: list[str]):
-        self.path, self.ids = Path(path), ids
-        self._reader: LabelReader | None = None
-        self._pid = 0
-
-    def __getstate__(self) -> dict[str, Any]:
-        return {"path": self.path, "ids": self.ids, "_reader": None, "_pid": 0}
-
-    def __getitem__(self, image_id: str) -> np.ndarray:
-        if self._reader is None or self._pid != os.getpid():
-            self._reader, self._pid = LabelReader(self.path), os.getpid()
-        return self._reader.get(image_id)
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self.ids)
-
-    def __len__(self) -> int:
-        return len(self.ids)
-
-    def close(self) -> None:
-        if self._reader is not None:
-            self._reader.close()
-            self._reader = None
 
 
 def _as_device(device: torch.device | str) -> torch.device:
@@ -333,7 +302,7 @@ def train(ds: VocDataset, split: str, label_path: str | os.PathLike, cfg: dict[s
     bb_cfg = torch.load(classifier_path, map_location="cpu", weights_only=False)["config"]
     seed_everything(training["seed"])  # the new layers' initial weights are part of the run
     net = AffinityNet(cfg, ds.num_classes, classifier_backbone(classifier_path))
-    labels = _StoredLabels(label_path, ids)
+    labels = LabelMap(label_path, ids)
     trainset = SegmentationSet(ds, ids, labels, training, seed=training["seed"])
     meta = {"config": cfg, "backbone": bb_cfg["backbone"], "classes": list(ds.classes)}
     try:

@@ -1,0 +1,91 @@
+# Retraining: a DeepLab-ASPP per (variant, refiner) pair of run.deeplab, trained on that pair's
+# pseudo-labels of the train split, predicting deeplab.splits with and without DeepLab's CRF.
+
+
+def deeplab_train_block(wildcards) -> str:
+    """What the network depends on: inference settings and splits only affect prediction."""
+    return as_json({k: config["deeplab"][k] for k in ("model", "training")})
+
+
+rule deeplab_train:
+    output:
+        f"{RESULTS}/{{variant}}/{{refiner}}/deeplab/deeplab.pt",
+    input:
+        labels=f"{RESULTS}/{{variant}}/{{refiner}}/labels/{TRAIN_SPLIT}.h5",
+        code=code("segment.py", "models/deeplab.py", "models/backbones.py", "train.py",
+                  "data/transforms.py", "methods/base.py"),
+    params:
+        block=deeplab_train_block,
+        dataset=DATASET_JSON,
+        split=TRAIN_SPLIT,
+        device=config["device"],
+        out_dir=lambda wildcards, output: os.path.dirname(output[0]),
+    threads: CPU_THREADS
+    resources:
+        gpu=1,
+        mem_mb=16000,
+        runtime=720,
+    log:
+        f"{LOGS}/deeplab_train/{{variant}}/{{refiner}}.log",
+    benchmark:
+        f"{BENCH}/deeplab_train/{{variant}}/{{refiner}}.tsv"
+    conda:
+        ENV
+    shell:
+        "wsss deeplab-train --dataset {params.dataset:q} --split {params.split}"
+        " --labels {input.labels} --config {params.block:q} --device {params.device}"
+        " --threads {threads} --out {params.out_dir} > {log} 2>&1"
+
+
+rule deeplab_predict:
+    output:
+        pred=f"{RESULTS}/{{variant}}/{{refiner}}/deeplab/pred/{{split}}.h5",
+        crf=f"{RESULTS}/{{variant}}/{{refiner}}/deeplab/pred_crf/{{split}}.h5",
+    input:
+        weights=f"{RESULTS}/{{variant}}/{{refiner}}/deeplab/deeplab.pt",
+        code=code("segment.py", "models/deeplab.py", "refine/crf.py"),
+    params:
+        block=as_json(config["deeplab"]),
+        dataset=DATASET_JSON,
+        device=config["device"],
+    threads: CPU_THREADS
+    resources:
+        gpu=1,
+        mem_mb=8000,
+        runtime=240,
+    log:
+        f"{LOGS}/deeplab_predict/{{variant}}/{{refiner}}/{{split}}.log",
+    benchmark:
+        f"{BENCH}/deeplab_predict/{{variant}}/{{refiner}}/{{split}}.tsv"
+    conda:
+        ENV
+    shell:
+        "wsss deeplab-predict --dataset {params.dataset:q} --split {wildcards.split}"
+        " --weights {input.weights} --config {params.block:q} --device {params.device}"
+        " --threads {threads} --out {output.pred} --out-crf {output.crf} > {log} 2>&1"
+
+
+rule evaluate_deeplab:
+    output:
+        f"{RESULTS}/{{variant}}/{{refiner}}/deeplab/{{kind}}/{{split}}.eval.json",
+    input:
+        labels=f"{RESULTS}/{{variant}}/{{refiner}}/deeplab/{{kind}}/{{split}}.h5",
+        code=code("evaluate.py", "metrics.py"),
+    params:
+        dataset=DATASET_JSON,
+        stage=lambda wildcards: f"deeplab_{wildcards.refiner}{DEEPLAB_KINDS[wildcards.kind]}",
+    wildcard_constraints:
+        kind=one_of(DEEPLAB_KINDS),
+    threads: CPU_THREADS
+    resources:
+        mem_mb=4000,
+    log:
+        f"{LOGS}/evaluate_deeplab/{{variant}}/{{refiner}}/{{kind}}/{{split}}.log",
+    benchmark:
+        f"{BENCH}/evaluate_deeplab/{{variant}}/{{refiner}}/{{kind}}/{{split}}.tsv"
+    conda:
+        ENV
+    shell:
+        "wsss eval-labels --dataset {params.dataset:q} --labels {input.labels}"
+        " --split {wildcards.split} --variant {wildcards.variant} --stage {params.stage}"
+        " --threads {threads} --out {output} > {log} 2>&1"
