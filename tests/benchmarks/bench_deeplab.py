@@ -7,8 +7,9 @@ CRF, the mIoU of each and the wall times. `--set key=value` overrides the deepla
 (dotted keys, YAML values), e.g. --set training.lr=0.05 --set model.rates=[2,4,6,8].
 
 python tests/benchmarks/bench_deeplab.py speed [--threads 2]
-python tests/benchmarks/bench_deeplab.py run [--labels LABELS.h5] [--out DIR]
-    [--set training.epochs=30 ...]   (labels default: the baseline run's PSA labels)
+python tests/benchmarks/bench_deeplab.py run [--labels LABELS.h5 | --labels gt] [--out DIR]
+    [--config config.yaml] [--set training.epochs=30 ...]
+(labels default: the baseline run's PSA labels; block default: config.yaml's deeplab block)
 """
 
 from __future__ import annotations
@@ -28,23 +29,27 @@ from wsss import segment
 from wsss.data.transforms import SegmentationSet
 from wsss.data.voc import VocDataset
 from wsss.evaluate import evaluate_labels
-from wsss.store import LabelMap
+from wsss.store import LabelMap, LabelWriter
 from wsss.train import StepSampler, seed_everything
 
-BLOCK: dict[str, Any] = {
-    "model": {"arch": "deeplabv2",
-              "backbone": {"name": "tiny", "output_stride": 8, "pretrained": "none",
-                           "freeze_bn": False},
-              "rates": [6, 12, 18, 24]},
-    "training": {"seed": 0, "epochs": 30, "batch_size": 16, "lr": 0.01, "momentum": 0.9,
-                 "nesterov": False, "weight_decay": 5.0e-4, "poly_power": 0.9,
-                 "head_lr_mult": 10, "head_bias_lr_mult": 20, "crop_size": 96,
-                 "resize_long": [80, 112], "hflip": True, "color_jitter": 0.0, "msc_scales": [],
-                 "checkpoint_every": 50, "num_workers": 0, "cache_max_images": 2000},
-    "inference": {"scales": [1.0, 0.5, 1.5], "flip": True, "batch_size": 16,
-                  "crf": {"iterations": 10, "gaussian": {"sxy": 1, "compat": 3},
-                          "bilateral": {"sxy": 67, "srgb": 3, "compat": 4}}},
-}
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _default_block(config: Path) -> dict[str, Any]:
+    """The deeplab block of a config file, completed with the schema's defaults."""
+    from snakemake.utils import validate
+
+    cfg = yaml.safe_load(config.read_text())
+    validate(cfg, str(REPO / "workflow" / "schemas" / "config.schema.yaml"))
+    return cfg["deeplab"]
+
+
+def _gt_labels(ds: VocDataset, path: Path) -> Path:
+    """The train split's ground-truth masks as a label store: the labels' upper bound."""
+    with LabelWriter(path, {"classes": list(ds.classes), "split": "train"}) as writer:
+        for image_id in ds.ids("train"):
+            writer.add(image_id, ds.load_mask(image_id))
+    return path
 
 
 def _dataset(results: Path) -> VocDataset:
@@ -54,8 +59,8 @@ def _dataset(results: Path) -> VocDataset:
                                    "mask_dir": index["mask_dir"], "classes": index["classes"]})
 
 
-def _block(overrides: list[str]) -> dict[str, Any]:
-    block = copy.deepcopy(BLOCK)
+def _block(config: Path, overrides: list[str]) -> dict[str, Any]:
+    block = copy.deepcopy(_default_block(config))
     for item in overrides:
         key, value = item.split("=", 1)
         *path, last = key.split(".")
@@ -125,21 +130,25 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("mode", choices=["speed", "run"])
     ap.add_argument("--results", default="results/synthetic")
-    ap.add_argument("--labels", default="results/synthetic/baseline/psa/labels/train.h5")
+    ap.add_argument("--labels", default="results/synthetic/baseline/psa/labels/train.h5",
+                    help="pseudo-label store of the train split, or `gt` for the true masks")
+    ap.add_argument("--config", default=str(REPO / "config.yaml"),
+                    help="config file whose deeplab block is run (before --set)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--out", default=None, help="run: output folder (default: a temp folder)")
     ap.add_argument("--set", action="append", default=[], help="key=value of the deeplab block")
     args = ap.parse_args()
     ds = _dataset(Path(args.results))
-    block = _block(args.set)
-    if args.mode == "speed":
-        speed(ds, Path(args.labels), block, args.threads, args.steps)
-    elif args.out:
-        run(ds, Path(args.labels), block, args.threads, Path(args.out))
-    else:
-        with tempfile.TemporaryDirectory() as tmp:
-            run(ds, Path(args.labels), block, args.threads, Path(tmp))
+    block = _block(Path(args.config), args.set)
+    with tempfile.TemporaryDirectory() as tmp:
+        labels = Path(args.labels)
+        if args.labels == "gt":
+            labels = _gt_labels(ds, Path(tmp) / "gt_train.h5")
+        if args.mode == "speed":
+            speed(ds, labels, block, args.threads, args.steps)
+        else:
+            run(ds, labels, block, args.threads, Path(args.out) if args.out else Path(tmp))
 
 
 if __name__ == "__main__":
