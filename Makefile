@@ -14,7 +14,7 @@ run: env
 
 test: env
 	$(VENV)/bin/ruff check src tests
-	$(VENV)/bin/pytest -q
+	$(VENV)/bin/pytest -q -rs
 
 lint: env
 	$(VENV)/bin/ruff check src tests

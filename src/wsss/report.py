@@ -25,6 +25,12 @@ def load_evaluations(paths: Sequence[str | Path]) -> list[dict]:
     return evals
 
 
+def _percent(value: float | None) -> float | str:
+    """A fraction in %, or empty where it is undefined (e.g. precision with no foreground
+    predicted at all)."""
+    return "" if value is None else round(100 * value, 2)
+
+
 def summary_rows(evals: list[dict]) -> tuple[list[str], list[dict]]:
     """One row per (variant, split); columns per stage: mIoU, plus seeds threshold and fg P/R."""
     stages = sorted({e["stage"] for e in evals},
@@ -33,12 +39,11 @@ def summary_rows(evals: list[dict]) -> tuple[list[str], list[dict]]:
     for e in evals:
         row = rows.setdefault((e["variant"], e["split"]),
                               {"variant": e["variant"], "split": e["split"]})
-        row[f"{e['stage']}_miou"] = round(100 * e["miou"], 2)
-        row[f"{e['stage']}_fg_precision"] = round(100 * e["fg_precision"], 2)
-        row[f"{e['stage']}_fg_recall"] = round(100 * e["fg_recall"], 2)
+        for key in ("miou", "fg_precision", "fg_recall"):
+            row[f"{e['stage']}_{key}"] = _percent(e[key])
         if e["stage"] == "seeds":
             row["seeds_threshold"] = e["best_threshold"]
-            row["seeds_miou_at_default"] = round(100 * e["miou_at_default"], 2)
+            row["seeds_miou_at_default"] = _percent(e["miou_at_default"])
     columns = ["variant", "split"]
     for s in stages:
         columns.append(f"{s}_miou")

@@ -82,7 +82,7 @@ def refiner_block(wildcards) -> str:
     return as_json(config["refiners"][wildcards.refiner])
 
 
-# Settings a learned refiner reads only in its random walk (rule refine_learned): editing them
+# Settings a learned refiner reads only in its random walk (the refine_learned job); editing them
 # must neither remake its training labels nor retrain its network.
 WALK_KEYS = {
     "psa": ("beta", "logt", "bg_alpha", "inference"),
@@ -154,6 +154,11 @@ def deeplab_pairs() -> list[tuple[str, str]]:
 
 
 DEEPLAB_KINDS = {"pred": "", "pred_crf": "_crf"}  # prediction folder -> stage-name suffix
+
+
+def deeplab_train_block(wildcards) -> str:
+    """What the network depends on: inference settings and splits only affect prediction."""
+    return as_json({k: config["deeplab"][k] for k in ("model", "training")})
 
 
 def deeplab_targets(suffix: str = ".eval.json") -> list[str]:

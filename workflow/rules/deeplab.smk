@@ -2,10 +2,6 @@
 # pseudo-labels of the train split, predicting deeplab.splits with and without DeepLab's CRF.
 
 
-def deeplab_train_block(wildcards) -> str:
-    """What the network depends on: inference settings and splits only affect prediction."""
-    return as_json({k: config["deeplab"][k] for k in ("model", "training")})
-
 
 rule deeplab_train:
     output:
