@@ -222,25 +222,32 @@ def slurm_jobs(workdir: Path) -> dict[str, list[str]]:
     return jobs
 
 
-def gpu_request(job_id: str) -> bool:
+def job_request(job_id: str) -> str:
+    """Partition and GPU request of a job as SLURM recorded them (scontrol keeps finished jobs
+    for MinJobAge seconds)."""
     text = run(["scontrol", "show", "job", "-o", job_id], timeout=10).stdout
-    return bool(re.search(r"gres/gpu[:=]\d|gres:gpu:\d", text))
+    partition = re.search(r"Partition=(\S+)", text)
+    gpu = re.search(r"(gres[/:]gpu[:=]\d+)", text)
+    return f"{partition.group(1) if partition else '?'} {gpu.group(1) if gpu else '-'}"
 
 
-def check_jobs(workdir: Path) -> dict[str, list[str]]:
+def check_jobs(workdir: Path) -> dict[str, list[tuple[str, str]]]:
+    """rule -> [(SLURM job id, its request)]; asserts one job per planned job and GPUs exactly
+    for the GPU rules."""
     jobs = slurm_jobs(workdir)
     planned = json.loads((workdir / "planned.json").read_text())
+    out: dict[str, list[tuple[str, str]]] = {}
     for rule in planned:
         if rule in LOCAL_RULES:
             assert rule not in jobs, f"local rule {rule} went to SLURM"
             continue
         assert len(jobs.get(rule, [])) == planned[rule], \
             f"rule {rule}: {planned[rule]} jobs planned, SLURM ran {jobs.get(rule)}"
-        for job_id in jobs[rule]:
-            wants_gpu = gpu_request(job_id)
-            assert wants_gpu == (rule in GPU_RULES), \
-                f"rule {rule}, job {job_id}: GPU requested {wants_gpu}"
-    return jobs
+        out[rule] = [(job_id, job_request(job_id)) for job_id in sorted(jobs[rule], key=int)]
+        for job_id, request in out[rule]:
+            assert ("gpu" in request.split()[1]) == (rule in GPU_RULES), \
+                f"rule {rule}, job {job_id}: request {request}"
+    return out
 
 
 def planned_jobs(workdir: Path, overlay: Path) -> dict[str, int]:
@@ -362,10 +369,11 @@ def main() -> int:
         seconds = full_run(a, overlay)
         jobs = check_jobs(a)
         log(f"uninterrupted run: {seconds:.0f} s; planned {planned}")
-        print("rule                  SLURM job ids   GPU request", flush=True)
-        for rule in sorted(jobs):
-            print(f"{rule:<21} {','.join(sorted(jobs[rule], key=int)):<15} "
-                  f"{'gpu' if rule in GPU_RULES else '-'}", flush=True)
+        print("rule                  SLURM job  partition  GPU request", flush=True)
+        for rule in sorted(jobs, key=lambda r: int(jobs[r][0][0])):
+            for job_id, request in jobs[rule]:
+                partition, gpu = request.split()
+                print(f"{rule:<21} {job_id:>9}  {partition:<9}  {gpu}", flush=True)
 
         finished = interrupted_run(b, overlay)
         ran_before = slurm_jobs(b)
