@@ -1,0 +1,312 @@
+"""SEAM (Wang et al., CVPR 2020): self-supervised equivariant attention for CAMs.
+
+One network sees two views of each batch: the crop and the crop downscaled by `seam.scale`
+(0.3 in SEAM). The head is a 1×1 classifier to C+1 channels, channel 0 the background (as
+SEAM's fc8 with 21 outputs); only the C foreground channels are pooled into class scores.
+
+The pixel correlation module (PCM) revises a view's CAM with an affinity learnt from low-level
+features: the CAM, detached and preprocessed (`pcm_preprocess`), is averaged over the cells whose
+features are similar (`pcm_affinity`, `pcm_propagate`). Its features are the image at the CAM's
+size and ReLU(1×1 conv) of two earlier backbone stages (detached), projected to 192 channels.
+SEAM takes its ResNet-38's conv4 (512 ch) -> 64 and conv5 (1024 ch) -> 128; here that is the
+third-to-last stage -> 64 and the second-to-last -> 128: ResNet-50/101 layer2 and layer3, the
+3-stage `tiny` backbone its stage 1 (stride 4, 32 ch) and stage 2 (stride 8, 64 ch). Stages
+whose grid differs from the CAM's are resized to it (bilinear, align_corners=True) before their
+1×1 conv, which is cheaper than the other order.
+
+Losses (weights `seam.weights`, all 1 by default as in SEAM), with the CAM and the revised CAM
+upsampled to their view's input size first, as SEAM does:
+  cls    multilabel soft margin on the global average of the foreground channels, mean of views;
+  rvmin  adaptive min-pooling: the mean of the lowest `min_pool_ratio` of per-pixel maxima over
+         the label-masked foreground channels of the revised CAM, ReLU'd; mean of views;
+  er     equivariant regularisation: mean |max_norm(CAM 1) resized to view 2 - max_norm(CAM 2)|
+         over the label-masked foreground channels;
+  ecr    equivariant cross regularisation: L1 between the other view's detached, max-normed CAM
+         (background := 1 - foreground max, non-maximal foreground zeroed) and this view's
+         max-normed revised CAM, averaged over the top `ecr_top` of (C+1)·h·w entries per image;
+         both directions summed.
+Because the PCM's input CAM and the stage features are detached, rvmin and ecr train only the
+PCM convs; the backbone and the classifier learn from cls and er.
+
+Memory: the affinity is (B, N, N) float32 for N feature cells, kept for backward: a 96 px crop
+at stride 8 has N = 144 (83 KB per image); a 448 px crop N = 3136 (39 MB per image, about
+0.1 GB per image with its ReLU'd copy and gradient). At inference a 500×375 image at scale 2.0
+and stride 8 has N = 11,750: 0.55 GB per N×N matrix and image, so keep `inference.batch_size`
+small for large images (each image counts twice with flip).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from wsss.methods.base import Method, freeze_batchnorm, register
+from wsss.models.backbones import build_backbone
+
+DEFAULTS: dict[str, Any] = {
+    "scale": 0.3,
+    "dropout": 0.5,
+    "weights": {"cls": 1.0, "er": 1.0, "ecr": 1.0, "rvmin": 1.0},
+    "ecr_top": 0.2,
+    "min_pool_ratio": 0.25,
+}
+EPS = 1e-5
+PCM_LOW, PCM_MID, PCM_OUT = 64, 128, 192  # SEAM's widths for the two stages and the projection
+
+
+def seam_settings(cfg: dict[str, Any]) -> dict[str, Any]:
+    """The method block's `seam` sub-block with SEAM's defaults for every key left out."""
+    given = cfg.get("seam") or {}
+    out = copy.deepcopy(DEFAULTS)
+    out.update({k: v for k, v in given.items() if k != "weights"})
+    out["weights"].update(given.get("weights") or {})
+    return out
+
+
+def resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Bilinear, align_corners=True (SEAM's convention everywhere); a no-op at the same size."""
+    if tuple(x.shape[-2:]) == tuple(size):
+        return x
+    return F.interpolate(x, size=size, mode="bilinear", align_corners=True)
+
+
+def max_norm(x: torch.Tensor) -> torch.Tensor:
+    """ReLU, then per-channel min-max scaling to [0, 1) (SEAM's `max_norm`)."""
+    x = F.relu(x)
+    hi = x.amax(dim=(2, 3), keepdim=True)
+    lo = x.amin(dim=(2, 3), keepdim=True)
+    return F.relu(x - lo - EPS) / (hi - lo + EPS)
+
+
+def with_background(x: torch.Tensor) -> torch.Tensor:
+    """Replace channel 0 by 1 - the maximum over the foreground channels."""
+    bg = 1.0 - x[:, 1:].amax(dim=1, keepdim=True)
+    return torch.cat([bg, x[:, 1:]], dim=1)
+
+
+def keep_max_foreground(x: torch.Tensor) -> torch.Tensor:
+    """Zero every foreground entry below the foreground maximum of its pixel; the background
+    channel and the maximal values themselves are kept (SEAM's `max_onehot` keeps the value,
+    it does not write 1)."""
+    fg = x[:, 1:]
+    peak = fg.amax(dim=1, keepdim=True)
+    return torch.cat([x[:, :1], torch.where(fg < peak, torch.zeros_like(fg), fg)], dim=1)
+
+
+@torch.no_grad()
+def pcm_preprocess(cam: torch.Tensor) -> torch.Tensor:
+    """The PCM's input: ReLU, divide each channel by its maximum, background := 1 - foreground
+    maximum, non-maximal foreground zeroed. Computed without gradient, as in SEAM: the PCM
+    learns where to spread a CAM, not how to change it."""
+    cam = F.relu(cam.float())
+    peak = cam.amax(dim=(2, 3), keepdim=True) + EPS
+    # subtracting EPS keeps all-zero channels at exactly zero after the division
+    cam = F.relu(cam - EPS) / peak
+    return keep_max_foreground(with_background(cam))
+
+
+def _unit_features(f: torch.Tensor) -> torch.Tensor:
+    """(B, D, h, w) -> (B, D, N), each cell's feature vector scaled to unit length."""
+    f = f.flatten(2)
+    return f / (f.norm(dim=1, keepdim=True) + EPS)
+
+
+def pcm_affinity(f: torch.Tensor) -> torch.Tensor:
+    """(B, N, N) affinity from features (B, D, h, w): ReLU of the cosine similarity, each column
+    divided by its sum, so column j holds the weights with which cell j averages the others."""
+    f = _unit_features(f)
+    aff = F.relu(f.transpose(1, 2) @ f)
+    return aff / (aff.sum(dim=1, keepdim=True) + EPS)
+
+
+def pcm_propagate(cam: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
+    """Revised CAM = CAM × `pcm_affinity(f)`, with the CAM (B, K, h, w) on the grid of f.
+
+    Divides the product by the column sums instead of the matrix by them: the same numbers with
+    one N×N tensor fewer in memory.
+    """
+    b, k, h, w = cam.shape
+    fu = _unit_features(f)
+    aff = F.relu(fu.transpose(1, 2) @ fu)
+    out = (cam.flatten(2) @ aff) / (aff.sum(dim=1).unsqueeze(1) + EPS)
+    return out.view(b, k, h, w)
+
+
+def min_pool_loss(x: torch.Tensor, ratio: float) -> torch.Tensor:
+    """Adaptive min-pooling: per image, the lowest `ratio` of the per-pixel channel maxima of
+    x (B, K, H, W), ReLU'd and averaged (over those pixels and the batch)."""
+    peaks = x.amax(dim=1).flatten(1)
+    k = max(1, int(peaks.shape[1] * ratio))
+    lowest = torch.topk(peaks, k, dim=1, largest=False).values
+    return F.relu(lowest).mean()
+
+
+def er_loss(cam1: torch.Tensor, cam2: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
+    """Equivariant regularisation between max-normed CAMs, view 1 brought to view 2's size;
+    `label` (B, C+1, 1, 1) masks absent classes (they still count in the mean, as in SEAM)."""
+    a = resize(max_norm(cam1), cam2.shape[-2:]) * label
+    b = max_norm(cam2) * label
+    return (a[:, 1:] - b[:, 1:]).abs().mean()
+
+
+def ecr_loss(target: torch.Tensor, revised: torch.Tensor, top: float) -> torch.Tensor:
+    """Mean of the largest `top` fraction of |target - revised| per image, over all C+1
+    channels; `target` is expected detached (the stop-gradient of SEAM)."""
+    diff = (target - revised).abs().flatten(1)
+    k = max(1, int(diff.shape[1] * top))
+    return torch.topk(diff, k, dim=1).values.mean()
+
+
+@register("seam")
+class SEAM(Method):
+    """Backbone, Dropout2d, 1×1 classifier to C+1 channels and the PCM; see the module doc."""
+
+    def __init__(self, cfg: dict[str, Any], num_classes: int):
+        super().__init__(cfg, num_classes)
+        self.seam = seam_settings(cfg)
+        bb = cfg["backbone"]
+        self.backbone = build_backbone(bb["name"], bb["output_stride"], bb["pretrained"])
+        widths = _stage_widths(self.backbone)
+        if len(widths) < 3:
+            raise ValueError("SEAM's PCM needs a backbone with at least three stages")
+        self.dropout = nn.Dropout2d(float(self.seam["dropout"]))
+        self.classifier = nn.Conv2d(self.backbone.out_channels, num_classes + 1, 1, bias=False)
+        self.pcm_low = nn.Conv2d(widths[-3], PCM_LOW, 1, bias=False)
+        self.pcm_mid = nn.Conv2d(widths[-2], PCM_MID, 1, bias=False)
+        self.pcm_proj = nn.Conv2d(3 + PCM_LOW + PCM_MID, PCM_OUT, 1, bias=False)
+        for conv in (self.classifier, self.pcm_low, self.pcm_mid, self.pcm_proj):
+            nn.init.xavier_uniform_(conv.weight)
+        self.freeze_bn = bool(bb.get("freeze_bn", False))
+        if self.freeze_bn:
+            freeze_batchnorm(self.backbone)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if mode and self.freeze_bn:
+            freeze_batchnorm(self.backbone)
+        return self
+
+    def param_groups(self) -> list[dict[str, Any]]:
+        new_mult = self.cfg["training"]["new_layer_lr_mult"]
+        new = [self.classifier, self.pcm_low, self.pcm_mid, self.pcm_proj]
+        return [
+            {"params": list(self.backbone.parameters()), "lr_mult": 1.0, "name": "backbone"},
+            {"params": [p for m in new for p in m.parameters()], "lr_mult": new_mult,
+             "name": "new"},
+        ]
+
+    def features(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(CAM (B, C+1, h, w), PCM features (B, 192, h, w)), float32 on the feature grid."""
+        with self.autocast():
+            stages = self.backbone.forward_stages(images)
+            cam = self.classifier(self.dropout(stages[-1])).float()
+        size = tuple(cam.shape[-2:])
+        # the PCM runs in float32: cosines and column sums over thousands of cells lose too
+        # much in bfloat16, and its 1×1 convs are cheap
+        low = F.relu(self.pcm_low(resize(stages[-3].detach().float(), size)))
+        mid = F.relu(self.pcm_mid(resize(stages[-2].detach().float(), size)))
+        f = self.pcm_proj(torch.cat([resize(images.float(), size), low, mid], dim=1))
+        return cam, f
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(CAM, revised CAM), both (B, C+1, h, w) float32 on the feature grid."""
+        cam, f = self.features(images)
+        return cam, pcm_propagate(pcm_preprocess(cam), f)
+
+    def losses(self, images: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Every loss term and the weighted total for a batch (B, 3, H, W), labels (B, C)."""
+        s = self.seam
+        h1, w1 = images.shape[-2:]
+        size2 = (max(1, int(h1 * s["scale"])), max(1, int(w1 * s["scale"])))
+        view2 = resize(images, size2)
+        cam1, rv1 = self(images)
+        cam2, rv2 = self(view2)
+        label = torch.cat([labels.new_ones(labels.shape[0], 1), labels], dim=1)[:, :, None, None]
+
+        cls = (F.multilabel_soft_margin_loss(cam1[:, 1:].mean(dim=(2, 3)), labels)
+               + F.multilabel_soft_margin_loss(cam2[:, 1:].mean(dim=(2, 3)), labels)) / 2
+        # SEAM compares the views at input resolution, view 2's size for the cross-view terms
+        cam1, rv1 = resize(cam1, (h1, w1)), resize(rv1, (h1, w1))
+        cam2, rv2 = resize(cam2, size2), resize(rv2, size2)
+        ratio = s["min_pool_ratio"]
+        rvmin = (min_pool_loss((rv1 * label)[:, 1:], ratio)
+                 + min_pool_loss((rv2 * label)[:, 1:], ratio)) / 2
+        er = er_loss(cam1, cam2, label)
+
+        t1 = with_background(resize(max_norm(cam1), size2) * label)
+        t2 = with_background(max_norm(cam2) * label)
+        r1 = resize(max_norm(rv1), size2) * label
+        r2 = max_norm(rv2) * label
+        ecr = (ecr_loss(keep_max_foreground(t2.detach()), r1, s["ecr_top"])
+               + ecr_loss(keep_max_foreground(t1.detach()), r2, s["ecr_top"]))
+
+        w = s["weights"]
+        total = w["cls"] * cls + w["rvmin"] * rvmin + w["er"] * er + w["ecr"] * ecr
+        return {"loss": total, "cls": cls, "rvmin": rvmin, "er": er, "ecr": ecr}
+
+    def training_step(self, batch: dict[str, torch.Tensor], step: int) -> dict[str, float]:
+        (opt,) = self.optimizers
+        terms = self.losses(batch["image"], batch["label"].float())
+        opt.zero_grad(set_to_none=True)
+        terms["loss"].backward()
+        opt.step()
+        return {k: v.item() for k, v in terms.items()}
+
+    @torch.no_grad()
+    def cams(self, images: torch.Tensor) -> torch.Tensor:
+        """Foreground channels of the revised CAM (SEAM infers from it), on the feature grid;
+        CAM and PCM features come from the same forward pass.
+
+        Inference batches are zero-padded at the bottom and right (`pad_batch`). Unlike a
+        convolution, the PCM is global: padded cells would enter every cell's average and the
+        per-channel maxima. So each image's PCM runs over the cells that see the image only
+        (as `multiscale_cams` crops them: ⌈extent / stride⌉), and the rest stays 0.
+        """
+        cam, f = self.features(images)
+        h, w = cam.shape[-2:]
+        extents = padding_free_extent(images)
+        full = (images.shape[2], images.shape[3])
+        if all(e == full for e in extents):
+            return pcm_propagate(pcm_preprocess(cam), f)[:, 1:]
+        out = torch.zeros_like(cam[:, 1:])
+        sy, sx = images.shape[2] / h, images.shape[3] / w
+        for i, (vh, vw) in enumerate(extents):
+            ch, cw = min(h, math.ceil(vh / sy)), min(w, math.ceil(vw / sx))
+            part = cam[i : i + 1, :, :ch, :cw]
+            out[i, :, :ch, :cw] = pcm_propagate(pcm_preprocess(part), f[i : i + 1, :, :ch, :cw])[
+                0, 1:
+            ]
+        return out
+
+
+def padding_free_extent(images: torch.Tensor) -> list[tuple[int, int]]:
+    """Per image (rows, cols) up to the last row / column with a non-zero value.
+
+    A normalised uint8 pixel is never exactly 0 in all three channels (ImageNet's mean is not
+    a multiple of 1/255), so trailing all-zero rows and columns are padding. An image that is
+    all zero counts as unpadded.
+    """
+    nonzero = images.ne(0).any(dim=1)  # (B, H, W)
+    height, width = images.shape[2], images.shape[3]
+    rows = nonzero.any(dim=2) * torch.arange(1, height + 1, device=images.device)
+    cols = nonzero.any(dim=1) * torch.arange(1, width + 1, device=images.device)
+    out = []
+    for r, c in zip(rows.amax(dim=1).tolist(), cols.amax(dim=1).tolist(), strict=True):
+        out.append((r, c) if r and c else (height, width))
+    return out
+
+
+def _stage_widths(backbone: nn.Module) -> list[int]:
+    """Output channels of every backbone stage, read off a tiny forward pass (no bookkeeping
+    per backbone kind to keep in sync)."""
+    was_training = backbone.training
+    backbone.eval()
+    with torch.no_grad():
+        outs = backbone.forward_stages(torch.zeros(1, 3, 32, 32))
+    backbone.train(was_training)
+    return [o.shape[1] for o in outs]
