@@ -110,26 +110,34 @@ def freeze_batchnorm(module: nn.Module) -> None:
                 p.requires_grad_(False)
 
 
-@register("baseline")
-class BaselineCAM(Method):
-    """CAM (Zhou et al. 2016): backbone, 1×1 conv classifier, global average pooling,
-    multilabel soft-margin loss. The CAM is the classifier applied at every position."""
+class BackboneMethod(Method):
+    """A method around one backbone built from cfg["backbone"], whose BatchNorm layers stay
+    frozen (statistics and affine parameters) when `freeze_bn` is set."""
 
     def __init__(self, cfg: dict[str, Any], num_classes: int):
         super().__init__(cfg, num_classes)
         bb = cfg["backbone"]
         self.backbone = build_backbone(bb["name"], bb["output_stride"], bb["pretrained"])
-        self.classifier = nn.Conv2d(self.backbone.out_channels, num_classes, 1, bias=False)
-        nn.init.xavier_uniform_(self.classifier.weight)
         self.freeze_bn = bool(bb.get("freeze_bn", False))
         if self.freeze_bn:
             freeze_batchnorm(self.backbone)
 
     def train(self, mode: bool = True):
         super().train(mode)
-        if mode and self.freeze_bn:
+        if mode and self.freeze_bn:  # nn.Module.train would switch the frozen BN back
             freeze_batchnorm(self.backbone)
         return self
+
+
+@register("baseline")
+class BaselineCAM(BackboneMethod):
+    """CAM (Zhou et al. 2016): backbone, 1×1 conv classifier, global average pooling,
+    multilabel soft-margin loss. The CAM is the classifier applied at every position."""
+
+    def __init__(self, cfg: dict[str, Any], num_classes: int):
+        super().__init__(cfg, num_classes)
+        self.classifier = nn.Conv2d(self.backbone.out_channels, num_classes, 1, bias=False)
+        nn.init.xavier_uniform_(self.classifier.weight)
 
     def param_groups(self) -> list[dict[str, Any]]:
         new_mult = self.cfg["training"]["new_layer_lr_mult"]

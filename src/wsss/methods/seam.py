@@ -45,8 +45,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from wsss.methods.base import Method, freeze_batchnorm, register
-from wsss.models.backbones import build_backbone
+from wsss.methods.base import BackboneMethod, register
 
 DEFAULTS: dict[str, Any] = {
     "scale": 0.3,
@@ -163,14 +162,12 @@ def ecr_loss(target: torch.Tensor, revised: torch.Tensor, top: float) -> torch.T
 
 
 @register("seam")
-class SEAM(Method):
+class SEAM(BackboneMethod):
     """Backbone, Dropout2d, 1×1 classifier to C+1 channels and the PCM; see the module doc."""
 
     def __init__(self, cfg: dict[str, Any], num_classes: int):
         super().__init__(cfg, num_classes)
         self.seam = seam_settings(cfg)
-        bb = cfg["backbone"]
-        self.backbone = build_backbone(bb["name"], bb["output_stride"], bb["pretrained"])
         widths = _stage_widths(self.backbone)
         if len(widths) < 3:
             raise ValueError("SEAM's PCM needs a backbone with at least three stages")
@@ -181,15 +178,6 @@ class SEAM(Method):
         self.pcm_proj = nn.Conv2d(3 + PCM_LOW + PCM_MID, PCM_OUT, 1, bias=False)
         for conv in (self.classifier, self.pcm_low, self.pcm_mid, self.pcm_proj):
             nn.init.xavier_uniform_(conv.weight)
-        self.freeze_bn = bool(bb.get("freeze_bn", False))
-        if self.freeze_bn:
-            freeze_batchnorm(self.backbone)
-
-    def train(self, mode: bool = True):
-        super().train(mode)
-        if mode and self.freeze_bn:
-            freeze_batchnorm(self.backbone)
-        return self
 
     def param_groups(self) -> list[dict[str, Any]]:
         new_mult = self.cfg["training"]["new_layer_lr_mult"]
