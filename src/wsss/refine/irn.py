@@ -31,10 +31,8 @@ from __future__ import annotations
 
 import copy
 import functools
-import json
 import math
 import os
-import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -42,16 +40,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm import tqdm
 
 from wsss.data.transforms import SegmentationSet, normalize, upsample
 from wsss.methods.base import Method
 from wsss.models.backbones import Backbone, build_backbone
 from wsss.refine.crf import cam_probs, crf_params, dense_crf
 from wsss.refine.features import classifier_backbone
-from wsss.refine.pool import walk_labels, write_labels
+from wsss.refine.pool import store_labels, walk_labels, write_labels
 from wsss.refine.randomwalk import masked_mean, pair_indices, pair_labels, random_walk
-from wsss.store import CamReader, LabelMap, LabelReader, LabelWriter, StoreError
+from wsss.store import CamReader, LabelMap, LabelReader, StoreError
 from wsss.train import fit, pick_device, seed_everything
 
 if TYPE_CHECKING:
@@ -121,9 +118,6 @@ def irn_config(cfg: dict[str, Any] | None) -> dict[str, Any]:
     """`cfg` completed with DEFAULTS for every key it leaves out (nested blocks merged)."""
     return _merge(DEFAULTS, cfg or {})
 
-
-def _progress(total: int, desc: str) -> tqdm:
-    return tqdm(total=total, desc=desc, file=sys.stderr, mininterval=5.0, disable=None)
 
 
 # -- stage 1: inter-pixel relation labels -----------------------------------------------------
@@ -463,13 +457,12 @@ def refine(cam_path: str | os.PathLike, ds: VocDataset, split: str, cfg: dict[st
                         f"{cam_path}: image '{image_id}': stride-4 CAM size {cams.shape[1:]} "
                         f"does not fit the {size[0]}×{size[1]} image (expected {grid})"
                     )
-                boundary = boundary_map(net, image, flip) if len(keys) else None
-                yield image_id, image, keys, functools.partial(
-                    walk_scores, torch.from_numpy(cams), boundary, size, cfg)
+                walk = None
+                if len(keys):
+                    walk = functools.partial(walk_scores, torch.from_numpy(cams),
+                                             boundary_map(net, image, flip), size, cfg)
+                yield image_id, image, keys, walk
 
-        attrs = {"classes": list(ds.classes), "split": split, "refiner": json.dumps(cfg)}
-        with LabelWriter(out_path, attrs) as writer, _progress(len(ids), "irn refine") as bar:
-            post = _post_crf if cfg["inference"]["crf"] else None
-            for image_id, label in walk_labels(jobs(), threads, post, cfg):
-                writer.add(image_id, label)
-                bar.update(1)
+        post = _post_crf if cfg["inference"]["crf"] else None
+        store_labels(walk_labels(jobs(), threads, post, cfg), ds, split, cfg, out_path,
+                     "irn refine")

@@ -1,8 +1,10 @@
-"""Per-image CPU work of the refiners (dense CRFs) over a process pool, and its label file.
+"""Per-image work of the refiners over pools, and the label files they write.
 
-pydensecrf holds the GIL, so images are spread over processes. A task is (id, cams, keys); the
-worker loads the image itself (the dataset's `load_image` is picklable) and applies a module-level
-function `fn(image, cams, keys, cfg) -> uint8 label`. Results come back in task order.
+pydensecrf holds the GIL, so dense CRFs are spread over processes. `label_stream`: a task is
+(id, cams, keys); the worker loads the image itself (the dataset's `load_image` is picklable) and
+applies a module-level function `fn(image, cams, keys, cfg) -> uint8 label`. `walk_labels`: the
+random walks of the learned refiners in threads, their optional CRF in processes. Results come
+back in task order; `store_labels` writes them.
 """
 
 from __future__ import annotations
@@ -78,16 +80,25 @@ def write_labels(cam_path: str | os.PathLike, ds, split: str, fn: LabelFn, cfg: 
     with CamReader(cam_path) as reader:
         reader.check(ids, list(ds.classes))
         tasks = ((image_id, *reader.get(image_id)) for image_id in ids)
-        attrs = {"classes": list(ds.classes), "split": split, "refiner": json.dumps(cfg)}
-        bar = tqdm(total=len(ids), desc=desc, file=sys.stderr, mininterval=5.0, disable=None)
-        with LabelWriter(out_path, attrs) as writer, bar:
-            for image_id, label in label_stream(tasks, ds.load_image, fn, cfg, threads, len(ids)):
-                writer.add(image_id, label)
-                bar.update(1)
+        store_labels(label_stream(tasks, ds.load_image, fn, cfg, threads, len(ids)), ds, split,
+                     cfg, out_path, desc)
+
+
+def store_labels(labels: Iterable[tuple[str, np.ndarray]], ds, split: str, cfg: dict[str, Any],
+                 out_path: str | os.PathLike, desc: str) -> None:
+    """Write (id, label) pairs of `split` to a label store that records `cfg` as the refiner's
+    configuration, with a progress bar; atomic, so an error leaves no file."""
+    attrs = {"classes": list(ds.classes), "split": split, "refiner": json.dumps(cfg)}
+    bar = tqdm(total=len(ds.ids(split)), desc=desc, file=sys.stderr, mininterval=5.0,
+               disable=None)
+    with LabelWriter(out_path, attrs) as writer, bar:
+        for image_id, label in labels:
+            writer.add(image_id, label)
+            bar.update(1)
 
 
 def walk_labels(
-    jobs: Iterable[tuple[str, np.ndarray, np.ndarray, Callable[[], Any]]],
+    jobs: Iterable[tuple[str, np.ndarray, np.ndarray, Callable[[], Any] | None]],
     threads: int,
     post: ScoreFn | None = None,
     cfg: dict[str, Any] | None = None,
@@ -95,7 +106,8 @@ def walk_labels(
     """Yield (id, uint8 label) per job (id, image, keys, walk), in job order.
 
     `walk()` returns the (K+1)×H×W scores of the image (background plane first) as a torch
-    tensor; it runs in a pool of `threads` threads (torch releases the GIL) while the caller's
+    tensor (`walk` is None for an image without classes: all background); it runs in a pool
+    of `threads` threads (torch releases the GIL) while the caller's
     thread, which produces the jobs lazily, runs the network on the next images. The label is
     `post(image, scores, keys, cfg)` (a module-level function, e.g. a dense CRF), computed in a
     pool of `threads` processes (pydensecrf holds the GIL), or without `post` the argmax of the

@@ -19,10 +19,8 @@ from __future__ import annotations
 
 import copy
 import functools
-import json
 import math
 import os
-import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -30,17 +28,16 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm import tqdm
 
 from wsss.data.transforms import SegmentationSet, normalize, upsample
 from wsss.methods.base import Method, freeze_batchnorm
 from wsss.models.backbones import Backbone, build_backbone
 from wsss.refine.crf import DEFAULT_CRF, cam_probs, crf_labels, crf_params, score_crf_labels
 from wsss.refine.features import classifier_backbone
-from wsss.refine.pool import walk_labels, write_labels
+from wsss.refine.pool import store_labels, walk_labels, write_labels
 from wsss.refine.randomwalk import masked_mean, pair_indices, pair_offsets, random_walk
 from wsss.refine.randomwalk import pair_labels as walk_pair_labels
-from wsss.store import CamReader, LabelMap, LabelReader, LabelWriter, StoreError
+from wsss.store import CamReader, LabelMap, LabelReader, StoreError
 from wsss.train import fit, pick_device, seed_everything
 
 if TYPE_CHECKING:
@@ -123,9 +120,6 @@ def _confident_task(image: np.ndarray, cams: np.ndarray, keys: np.ndarray,
     )
     return confident_label(low, high)
 
-
-def _progress(total: int, desc: str) -> tqdm:
-    return tqdm(total=total, desc=desc, file=sys.stderr, mininterval=5.0, disable=None)
 
 
 def make_labels(cam_path: str | os.PathLike, ds: VocDataset, split: str, cfg: dict[str, Any],
@@ -382,13 +376,12 @@ def refine(cam_path: str | os.PathLike, ds: VocDataset, split: str, cfg: dict[st
                 if image.shape[:2] != cams.shape[1:]:
                     raise StoreError(f"{cam_path}: image '{image_id}': CAM size "
                                      f"{cams.shape[1:]} differs from image {image.shape[:2]}")
-                walk = _walk_inputs(net, image, cams, cfg) if len(keys) else ()
-                yield image_id, image, keys, functools.partial(
-                    _walk_scores, *walk, image.shape[:2], cfg)
+                walk = None
+                if len(keys):
+                    walk = functools.partial(_walk_scores, *_walk_inputs(net, image, cams, cfg),
+                                             image.shape[:2], cfg)
+                yield image_id, image, keys, walk
 
-        attrs = {"classes": list(ds.classes), "split": split, "refiner": json.dumps(cfg)}
-        with LabelWriter(out_path, attrs) as writer, _progress(len(ids), "psa refine") as bar:
-            post = _post_crf if cfg["inference"]["crf"] else None
-            for image_id, label in walk_labels(jobs(), threads, post, cfg):
-                writer.add(image_id, label)
-                bar.update(1)
+        post = _post_crf if cfg["inference"]["crf"] else None
+        store_labels(walk_labels(jobs(), threads, post, cfg), ds, split, cfg, out_path,
+                     "psa refine")
