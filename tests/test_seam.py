@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from wsss.methods import METHODS, build_method
+from wsss.methods.base import second_view_size
 from wsss.methods.seam import (
     SEAM,
     ecr_loss,
@@ -25,7 +26,7 @@ def _cfg(**seam):
         "method": "seam",
         "backbone": {"name": "tiny", "output_stride": 8, "pretrained": "none"},
         "training": {"lr": 0.05, "momentum": 0.9, "weight_decay": 1e-4, "new_layer_lr_mult": 10},
-        "seam": {"dropout": 0.0, **seam},
+        "seam": {"dropout": 0.0, "min_cells": 2, **seam},
     }
 
 
@@ -217,9 +218,18 @@ def test_cams_keep_the_pcm_off_the_padding():
     method = build_method(_cfg(), 3).eval()
     cams = method.cams(batch)
     with torch.no_grad():
-        cam, f = method.features(batch)
+        cam, f, _ = method.features(batch)
         own = pcm_propagate(pcm_preprocess(cam[:1, :, :5, :7]), f[:1, :, :5, :7])[0, 1:]
         whole = pcm_propagate(pcm_preprocess(cam[1:]), f[1:])[0, 1:]
     assert torch.allclose(cams[0, :, :5, :7], own, atol=1e-6)
     assert not cams[0, :, 5:].any() and not cams[0, :, :, 7:].any()
     assert torch.allclose(cams[1], whole, atol=1e-6)
+
+
+def test_second_view_keeps_min_cells():
+    # SEAM's 448 crop at 0.3 is 134 px (16 cells at stride 8): the floor does not apply
+    assert second_view_size((448, 448), 0.3, 8, 8) == (134, 134)
+    # a 96 px crop at 0.3 would be 28 px, 3 cells: raised to 8 cells
+    assert second_view_size((96, 80), 0.3, 8, 8) == (64, 64)
+    # never larger than the crop itself
+    assert second_view_size((40, 96), 0.3, 8, 8) == (40, 64)

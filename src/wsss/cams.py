@@ -45,10 +45,13 @@ def multiscale_cams(
     low = [torch.zeros(len(k), *hw, device=device) for k, hw in zip(keys, lows, strict=True)]
     views = [scaled_views(img, scales, flip) for img in images]
     per = 2 if flip else 1
+    labels = torch.zeros(len(images) * per, method.num_classes, device=device)
+    for i, k in enumerate(keys):
+        labels[i * per : (i + 1) * per, torch.as_tensor(k, dtype=torch.long)] = 1.0
     for s in range(len(scales)):
         arrays = [v for per_image in views for v in per_image[s]]
         batch = pad_batch(arrays).to(device)
-        maps = F.relu(method.cams(batch))
+        maps = F.relu(method.cams(batch, labels))
         stride = batch.shape[2] / maps.shape[2]
         for i, ((h, w), k) in enumerate(zip(sizes, keys, strict=True)):
             if len(k) == 0:

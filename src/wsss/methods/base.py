@@ -9,6 +9,7 @@ into the scheduled learning rate.
 from __future__ import annotations
 
 import contextlib
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -19,6 +20,7 @@ from wsss.errors import MethodError
 from wsss.models.backbones import build_backbone
 
 METHODS: dict[str, type[Method]] = {}
+MIN_CELLS = 8  # smallest side, in feature cells, of a downscaled second view
 
 
 def register(name: str):
@@ -81,8 +83,9 @@ class Method(nn.Module):
         raise NotImplementedError(f"{type(self).__name__} must define training_step")
 
     # -- inference ------------------------------------------------------------------------
-    def cams(self, images: torch.Tensor) -> torch.Tensor:
-        """Raw class activation maps (B, C, h, w) before ReLU and normalisation."""
+    def cams(self, images: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        """Raw class activation maps (B, C, h, w) before ReLU and normalisation. `labels`
+        (B, C) are the images' class labels, for methods whose maps depend on them."""
         raise NotImplementedError(f"{type(self).__name__} must define cams")
 
     def seg_probs(self, images: torch.Tensor) -> torch.Tensor | None:
@@ -110,6 +113,33 @@ def freeze_batchnorm(module: nn.Module) -> None:
                 p.requires_grad_(False)
 
 
+@dataclass
+class View:
+    """One view of a batch as a base method sees it, for methods that add losses on top
+    (`wsss.methods.plugin`). Maps are float32 on the view's feature grid, with gradient."""
+
+    image: torch.Tensor  # (B, 3, H, W) the view's input
+    feat: torch.Tensor  # (B, D, h, w) last backbone stage
+    cam: torch.Tensor  # (B, C, h, w) raw foreground CAM (before ReLU)
+    pseudo: torch.Tensor  # (B, C, h, w) the map the base infers from (SEAM: PCM-revised CAM)
+
+
+def second_view_size(size: tuple[int, int], scale: float, stride: int,
+                     min_cells: int) -> tuple[int, int]:
+    """Size of the downscaled second view: `scale` × the crop, but at least `min_cells` feature
+    cells on each side. SEAM's 0.3 of a 448 crop is 134 px, 16 cells at stride 8; the same
+    ratio on a 96 px crop would leave 3 cells, too few for a map to be compared with."""
+    floor = min_cells * stride
+    return tuple(min(n, max(floor, int(n * scale), 1)) for n in size)  # type: ignore[return-value]
+
+
+def resize_view(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Bilinear, align_corners=True (SEAM's convention); a no-op at the same size."""
+    if tuple(images.shape[-2:]) == tuple(size):
+        return images
+    return F.interpolate(images, size=size, mode="bilinear", align_corners=True)
+
+
 class BackboneMethod(Method):
     """A method around one backbone built from cfg["backbone"], whose BatchNorm layers stay
     frozen (statistics and affine parameters) when `freeze_bn` is set."""
@@ -127,6 +157,16 @@ class BackboneMethod(Method):
         if mode and self.freeze_bn:  # nn.Module.train would switch the frozen BN back
             freeze_batchnorm(self.backbone)
         return self
+
+    @property
+    def stride(self) -> int:
+        return int(self.cfg["backbone"]["output_stride"])
+
+    def view_losses(self, images: torch.Tensor, labels: torch.Tensor,
+                    scale: float | None = None) -> tuple[dict[str, torch.Tensor], list[View]]:
+        """The method's own loss terms ("loss" their weighted total) and its views of the
+        batch; `scale` asks for a downscaled second view where the method has none."""
+        raise NotImplementedError(f"{type(self).__name__} cannot serve as a base method")
 
 
 @register("baseline")
@@ -149,17 +189,33 @@ class BaselineCAM(BackboneMethod):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.backbone(images))
 
+    def view(self, images: torch.Tensor) -> View:
+        with self.autocast():
+            feat = self.backbone(images)
+            cam = self.classifier(feat)
+        return View(images, feat.float(), cam.float(), cam.float())
+
+    def view_losses(self, images: torch.Tensor, labels: torch.Tensor,
+                    scale: float | None = None) -> tuple[dict[str, torch.Tensor], list[View]]:
+        """Classification loss, averaged over the crop and (with `scale`) its downscaled copy
+        of at least `min_cells` feature cells a side."""
+        views = [self.view(images)]
+        if scale is not None:
+            size = second_view_size(tuple(images.shape[-2:]), scale, self.stride, MIN_CELLS)
+            views.append(self.view(resize_view(images, size)))
+        cls = sum(F.multilabel_soft_margin_loss(v.cam.mean(dim=(2, 3)), labels)
+                  for v in views) / len(views)
+        return {"loss": cls, "cls": cls}, views
+
     def training_step(self, batch: dict[str, torch.Tensor], step: int) -> dict[str, float]:
         (opt,) = self.optimizers
-        with self.autocast():
-            logits = self(batch["image"]).float().mean(dim=(2, 3))
-        loss = F.multilabel_soft_margin_loss(logits, batch["label"])
+        terms, _ = self.view_losses(batch["image"], batch["label"].float())
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        terms["loss"].backward()
         opt.step()
-        return {"loss": loss.item()}
+        return {"loss": terms["loss"].item()}
 
     @torch.no_grad()
-    def cams(self, images: torch.Tensor) -> torch.Tensor:
+    def cams(self, images: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         with self.autocast():
             return self(images).float()

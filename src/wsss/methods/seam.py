@@ -1,7 +1,11 @@
 """SEAM (Wang et al., CVPR 2020): self-supervised equivariant attention for CAMs.
 
 One network sees two views of each batch: the crop and the crop downscaled by `seam.scale`
-(0.3 in SEAM). The head is a 1×1 classifier to C+1 channels, channel 0 the background (as
+(0.3 in SEAM), but to no fewer than `seam.min_cells` feature cells a side (8, our addition:
+SEAM's 448 px crops give 16 cells at 0.3 and are unaffected; a 96 px crop at 0.3 would give a
+3×3 map whose equivariance constraint mostly says "be blurry").
+
+The head is a 1×1 classifier to C+1 channels, channel 0 the background (as
 SEAM's fc8 with 21 outputs); only the C foreground channels are pooled into class scores.
 
 The pixel correlation module (PCM) revises a view's CAM with an affinity learnt from low-level
@@ -45,7 +49,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from wsss.methods.base import BackboneMethod, register
+from wsss.methods.base import BackboneMethod, View, register, second_view_size
 
 DEFAULTS: dict[str, Any] = {
     "scale": 0.3,
@@ -53,6 +57,7 @@ DEFAULTS: dict[str, Any] = {
     "weights": {"cls": 1.0, "er": 1.0, "ecr": 1.0, "rvmin": 1.0},
     "ecr_top": 0.2,
     "min_pool_ratio": 0.25,
+    "min_cells": 8,
 }
 EPS = 1e-5
 PCM_LOW, PCM_MID, PCM_OUT = 64, 128, 192  # SEAM's widths for the two stages and the projection
@@ -188,8 +193,9 @@ class SEAM(BackboneMethod):
              "name": "new"},
         ]
 
-    def features(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(CAM (B, C+1, h, w), PCM features (B, 192, h, w)), float32 on the feature grid."""
+    def features(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(CAM (B, C+1, h, w), PCM features (B, 192, h, w), last stage (B, D, h, w)), float32
+        on the feature grid."""
         with self.autocast():
             stages = self.backbone.forward_stages(images)
             cam = self.classifier(self.dropout(stages[-1])).float()
@@ -199,21 +205,33 @@ class SEAM(BackboneMethod):
         low = F.relu(self.pcm_low(resize(stages[-3].detach().float(), size)))
         mid = F.relu(self.pcm_mid(resize(stages[-2].detach().float(), size)))
         f = self.pcm_proj(torch.cat([resize(images.float(), size), low, mid], dim=1))
-        return cam, f
+        return cam, f, stages[-1].float()
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(CAM, revised CAM), both (B, C+1, h, w) float32 on the feature grid."""
-        cam, f = self.features(images)
+        cam, f, _ = self.features(images)
         return cam, pcm_propagate(pcm_preprocess(cam), f)
+
+    def view(self, images: torch.Tensor) -> tuple[View, torch.Tensor, torch.Tensor]:
+        """The view for plug-in methods (foreground channels) and the full CAM and revised
+        CAM (with background channel 0) for SEAM's own losses."""
+        cam, f, feat = self.features(images)
+        rv = pcm_propagate(pcm_preprocess(cam), f)
+        return View(images, feat, cam[:, 1:], rv[:, 1:]), cam, rv
 
     def losses(self, images: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
         """Every loss term and the weighted total for a batch (B, 3, H, W), labels (B, C)."""
+        return self.view_losses(images, labels)[0]
+
+    def view_losses(self, images: torch.Tensor, labels: torch.Tensor,
+                    scale: float | None = None) -> tuple[dict[str, torch.Tensor], list[View]]:
+        """SEAM's loss terms and its two views; `scale` overrides `seam.scale`."""
         s = self.seam
         h1, w1 = images.shape[-2:]
-        size2 = (max(1, int(h1 * s["scale"])), max(1, int(w1 * s["scale"])))
-        view2 = resize(images, size2)
-        cam1, rv1 = self(images)
-        cam2, rv2 = self(view2)
+        size2 = second_view_size((h1, w1), s["scale"] if scale is None else scale,
+                                 self.stride, int(s["min_cells"]))
+        view1, cam1, rv1 = self.view(images)
+        view2, cam2, rv2 = self.view(resize(images, size2))
         label = torch.cat([labels.new_ones(labels.shape[0], 1), labels], dim=1)[:, :, None, None]
 
         cls = (F.multilabel_soft_margin_loss(cam1[:, 1:].mean(dim=(2, 3)), labels)
@@ -235,7 +253,8 @@ class SEAM(BackboneMethod):
 
         w = s["weights"]
         total = w["cls"] * cls + w["rvmin"] * rvmin + w["er"] * er + w["ecr"] * ecr
-        return {"loss": total, "cls": cls, "rvmin": rvmin, "er": er, "ecr": ecr}
+        terms = {"loss": total, "cls": cls, "rvmin": rvmin, "er": er, "ecr": ecr}
+        return terms, [view1, view2]
 
     def training_step(self, batch: dict[str, torch.Tensor], step: int) -> dict[str, float]:
         (opt,) = self.optimizers
@@ -246,7 +265,7 @@ class SEAM(BackboneMethod):
         return {k: v.item() for k, v in terms.items()}
 
     @torch.no_grad()
-    def cams(self, images: torch.Tensor) -> torch.Tensor:
+    def cams(self, images: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         """Foreground channels of the revised CAM (SEAM infers from it), on the feature grid;
         CAM and PCM features come from the same forward pass.
 
@@ -255,7 +274,7 @@ class SEAM(BackboneMethod):
         per-channel maxima. So each image's PCM runs over the cells that see the image only
         (as `multiscale_cams` crops them: ⌈extent / stride⌉), and the rest stays 0.
         """
-        cam, f = self.features(images)
+        cam, f, _ = self.features(images)
         h, w = cam.shape[-2:]
         extents = padding_free_extent(images)
         full = (images.shape[2], images.shape[3])
