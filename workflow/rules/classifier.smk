@@ -8,7 +8,7 @@ rule train_classifier:
         f"{RESULTS}/{{variant}}/classifier.pt",
     input:
         index=rules.dataset_index.output,
-        code=code("train.py", "methods/base.py", "models/backbones.py", "data/transforms.py"),
+        code=method_code,
     params:
         block=method_block,
         dataset=DATASET_JSON,

@@ -37,6 +37,14 @@ def _check_config():
     for name in run["refiners"]:
         if name not in refiners:
             config_error(f"run.refiners: '{name}' is not a key of refiners: ({sorted(refiners)})")
+    for variant, names in run["variant_refiners"].items():
+        if variant not in run["variants"]:
+            config_error(f"run.variant_refiners: '{variant}' is not one of run.variants "
+                         f"({run['variants']})")
+        for name in names:
+            if name not in refiners:
+                config_error(f"run.variant_refiners.{variant}: '{name}' is not a key of "
+                             f"refiners: ({sorted(refiners)})")
     splits = config["dataset"]["splits"]
     for split in run["splits"] + [config["dataset"]["train_split"]]:
         if split not in splits:
@@ -76,6 +84,25 @@ DATASET_JSON = as_json(dataset_block())
 
 def method_block(wildcards) -> str:
     return as_json(config["methods"][wildcards.variant])
+
+
+PLUGIN_METHODS = ("hsc", "dscnet")  # methods added onto a base method (wsss/methods/plugin.py)
+
+
+def method_code(wildcards) -> list[str]:
+    """Source files a variant's classifier depends on: the shared ones, its method's module and,
+    for a plug-in method, the plug-in machinery and its base's module (an HSC edit leaves the
+    baseline and DSCNet be)."""
+    block = config["methods"][wildcards.variant]
+    name = block["method"]
+    modules = ["train.py", "methods/base.py", "models/backbones.py", "data/transforms.py"]
+    if name in PLUGIN_METHODS:
+        base = (block.get(name) or {}).get("base", "seam")
+        modules += ["methods/plugin.py", "methods/contrast.py", f"methods/{name}.py"]
+        name = base
+    if name != "baseline":
+        modules.append(f"methods/{name}.py")
+    return code(*modules)
 
 
 def refiner_block(wildcards) -> str:
@@ -145,11 +172,17 @@ def refiner_code(*modules: str):
     return inputs
 
 
+def refiners_for(variant: str) -> list[str]:
+    """The refiners run on a variant's CAMs: its run.variant_refiners entry, else run.refiners."""
+    run = config["run"]
+    return list(run["variant_refiners"].get(variant, run["refiners"]))
+
+
 def deeplab_pairs() -> list[tuple[str, str]]:
     """(variant, refiner) pairs whose pseudo-labels train a DeepLab."""
     run = config["run"]
     if run["deeplab"] == "all":
-        return [(v, r) for v in run["variants"] for r in run["refiners"]]
+        return [(v, r) for v in run["variants"] for r in refiners_for(v)]
     return [(v, r) for v, r in run["deeplab"]]
 
 
@@ -172,7 +205,7 @@ def evaluation_targets() -> list[str]:
     for v in run["variants"]:
         for s in run["splits"]:
             out.append(f"{RESULTS}/{v}/cams/{s}.eval.json")
-            out += [f"{RESULTS}/{v}/{r}/labels/{s}.eval.json" for r in run["refiners"]]
+            out += [f"{RESULTS}/{v}/{r}/labels/{s}.eval.json" for r in refiners_for(v)]
     return out + deeplab_targets()
 
 
@@ -185,7 +218,7 @@ def diagnostic_targets() -> list[str]:
     for v in run["variants"]:
         for s in run["splits"]:
             out.append(f"{RESULTS}/{v}/cams/{s}.failure_modes.json")
-            out += [f"{RESULTS}/{v}/{r}/labels/{s}.failure_modes.json" for r in run["refiners"]]
+            out += [f"{RESULTS}/{v}/{r}/labels/{s}.failure_modes.json" for r in refiners_for(v)]
     return out
 
 
@@ -204,7 +237,7 @@ def example_columns() -> list[dict]:
         cols.append({"title": f"{v}: CAM", "kind": "cam", "path": cams})
         cols.append({"title": f"{v}: seeds", "kind": "seeds", "path": cams,
                      "extra": f"{RESULTS}/{v}/cams/{split}.eval.json"})
-        for r in run["refiners"]:
+        for r in refiners_for(v):
             cols.append({"title": f"{v}: {r}", "kind": "labels",
                          "path": f"{RESULTS}/{v}/{r}/labels/{split}.h5"})
         if split in config["deeplab"]["splits"]:
@@ -227,7 +260,7 @@ def training_logs() -> list[tuple[str, str, str]]:
     for v in run["variants"]:
         logs.append((f"{v}: classifier", f"{RESULTS}/{v}/train_log.csv",
                      f"{RESULTS}/{v}/classifier.pt"))
-        for r in run["refiners"]:
+        for r in refiners_for(v):
             kind = config["refiners"][r]["refiner"]
             if kind in WALK_KEYS:
                 name = {"psa": "affinity", "irn": "irn"}[kind]
