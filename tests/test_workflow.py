@@ -28,14 +28,17 @@ def _write_config(workdir: Path, cfg: dict) -> None:
 
 
 def _tiny_config() -> dict:
-    """The default config shrunk to seconds: few images, one epoch, one scale, two variants."""
+    """The default config shrunk to seconds: few images, one epoch, one scale, two variants
+    (the baseline and "other", a DSCNet on SEAM: a plug-in method whose CAMs need the labels)."""
     cfg = yaml.safe_load((REPO / "config.yaml").read_text())
     cfg["dataset"]["synthetic"].update(num_train=24, num_val=8)
-    base = cfg["methods"]["baseline"]
-    base["training"].update(epochs=1, batch_size=8)
-    base["inference"].update(scales=[1.0])
-    cfg["methods"]["other"] = json.loads(json.dumps(base))
+    cfg["methods"] = json.loads(json.dumps(cfg["methods"]))  # unshare the YAML anchors
+    for name in ("baseline", "dscnet"):
+        cfg["methods"][name]["training"].update(epochs=1, batch_size=8)
+        cfg["methods"][name]["inference"].update(scales=[1.0])
+    cfg["methods"]["other"] = cfg["methods"]["dscnet"]
     cfg["run"]["variants"] = ["baseline", "other"]
+    cfg["run"]["variant_refiners"] = {}
     cfg["refiners"]["crf_power"] = {"refiner": "crf", "bg": {"mode": "power", "alpha": 8},
                                     "iterations": 2}
     for name in ("psa", "irn"):
@@ -66,10 +69,11 @@ def _planned_outputs(proc: subprocess.CompletedProcess, rule: str) -> list[str]:
 def test_dry_run_of_the_default_config(tmp_path):
     _write_config(tmp_path, yaml.safe_load((REPO / "config.yaml").read_text()))
     jobs = _planned_jobs(_snakemake(tmp_path, "-n"))
-    assert jobs == {"synthetic_data": 1, "dataset_index": 1, "train_classifier": 1, "cams": 1,
-                    "evaluate_seeds": 1, "refine_crf": 1, "refiner_train_labels": 2,
-                    "refiner_train": 2, "refine_learned": 2, "evaluate_labels": 3,
-                    "failure_modes": 1, "failure_modes_labels": 3, "deeplab_train": 1,
+    # four variants (baseline, seam, hsc, dscnet); the learned refiners on the baseline only
+    assert jobs == {"synthetic_data": 1, "dataset_index": 1, "train_classifier": 4, "cams": 4,
+                    "evaluate_seeds": 4, "refine_crf": 4, "refiner_train_labels": 2,
+                    "refiner_train": 2, "refine_learned": 2, "evaluate_labels": 6,
+                    "failure_modes": 4, "failure_modes_labels": 6, "deeplab_train": 1,
                     "deeplab_predict": 2, "evaluate_deeplab": 4, "summary": 1,
                     "report_figures": 1, "all": 1}
 
@@ -187,3 +191,9 @@ def test_bad_value_and_unknown_variant_are_named(tmp_path):
     cfg = yaml.safe_load((REPO / "config.yaml").read_text())
     cfg["run"]["variants"] = ["baselin"]
     _expect_config_error(tmp_path, cfg, "run.variants", "baselin")
+    cfg = yaml.safe_load((REPO / "config.yaml").read_text())
+    cfg["run"]["variant_refiners"] = {"seam": ["crf", "crff"]}
+    _expect_config_error(tmp_path, cfg, "run.variant_refiners.seam", "crff")
+    cfg = yaml.safe_load((REPO / "config.yaml").read_text())
+    cfg["methods"]["hsc"]["hsc"]["base"] = "hsc"
+    _expect_config_error(tmp_path, cfg, "base", "seam")

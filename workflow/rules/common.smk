@@ -38,9 +38,9 @@ def _check_config():
         if name not in refiners:
             config_error(f"run.refiners: '{name}' is not a key of refiners: ({sorted(refiners)})")
     for variant, names in run["variant_refiners"].items():
-        if variant not in run["variants"]:
-            config_error(f"run.variant_refiners: '{variant}' is not one of run.variants "
-                         f"({run['variants']})")
+        if variant not in methods:
+            config_error(f"run.variant_refiners: '{variant}' is not a key of methods: "
+                         f"({sorted(methods)})")
         for name in names:
             if name not in refiners:
                 config_error(f"run.variant_refiners.{variant}: '{name}' is not a key of "

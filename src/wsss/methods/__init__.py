@@ -1,6 +1,6 @@
 """WSSS methods. Importing this package registers every method under its config name."""
 
-from wsss.methods import seam  # noqa: F401  (registers `method: seam`)
+from wsss.methods import dscnet, hsc, seam  # noqa: F401  (register their `method:` names)
 from wsss.methods.base import (
     METHODS,
     BackboneMethod,
