@@ -58,6 +58,9 @@ def test_pseudo_labels_by_hand():
     assert torch.allclose(act[0, :, 0], torch.tensor([[0.0, 0.5, 1.0], [0, 0, 0]]), atol=1e-4)
     assert H.pseudo_labels(act, 0.1)[0, 0].tolist() == [0, 1, 1]
     assert H.pseudo_labels(act, 0.6)[0, 0].tolist() == [0, 0, 1]
+    # None: SEAM's background 1 - max foreground, [1, .5, 0]; the tie at .5 goes to background
+    assert H.pseudo_labels(act, None)[0, 0].tolist() == [0, 0, 1]
+    assert H.pseudo_labels(torch.tensor([0.2, 0.7]).view(1, 2, 1, 1), None).item() == 2
     # a tie goes to the background
     assert H.pseudo_labels(torch.full((1, 2, 1, 1), 0.1), 0.1).item() == 0
     full = H.with_background(act)

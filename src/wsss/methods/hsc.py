@@ -161,9 +161,13 @@ def with_background(act: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def pseudo_labels(act: torch.Tensor, bg_threshold: float) -> torch.Tensor:
-    """(B, h, w) argmax of a constant background plane and the activations: 0 background,
-    c + 1 class c; ties go to the background (the first plane)."""
+def pseudo_labels(act: torch.Tensor, bg_threshold: float | None) -> torch.Tensor:
+    """(B, h, w) argmax of a background plane and the activations: 0 background, c + 1 class c;
+    ties go to the background (the first plane). The plane is the constant `bg_threshold`, or
+    with None SEAM's own 1 - max foreground (a cell is foreground where its top class is above
+    0.5)."""
+    if bg_threshold is None:
+        return with_background(act).argmax(dim=1)
     bg = torch.full_like(act[:, :1], float(bg_threshold))
     return torch.cat([bg, act], dim=1).argmax(dim=1)
 
