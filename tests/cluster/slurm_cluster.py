@@ -174,6 +174,8 @@ def micro_config() -> dict:
     base["inference"].update(scales=[1.0])
     cfg["refiners"]["psa"]["training"].update(epochs=1, batch_size=8)
     cfg["run"]["refiners"] = ["crf", "psa"]
+    cfg["run"]["variants"] = ["baseline"]  # one method is enough to test the scheduling
+    cfg["run"]["variant_refiners"] = {}
     cfg["deeplab"]["training"].update(epochs=1, batch_size=8)
     cfg["deeplab"]["inference"].update(scales=[1.0])
     cfg["deeplab"]["splits"] = ["val"]

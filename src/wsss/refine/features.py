@@ -22,7 +22,10 @@ def classifier_backbone(classifier_path: str | Path, frozen: bool = False) -> Ba
     state = torch.load(classifier_path, map_location="cpu", weights_only=False)
     bb = state["config"]["backbone"]
     backbone = build_backbone(bb["name"], bb["output_stride"], "none")
-    prefix = "backbone."
+    # "backbone." for a method that owns its backbone, "base.backbone." for a plug-in method
+    # (HSC, DSCNet), whose base owns it: the shortest prefix ending in "backbone."
+    prefix = min((k[: k.index("backbone.") + len("backbone.")] for k in state["method"]
+                  if "backbone." in k), key=len, default="backbone.")
     weights = {k[len(prefix):]: v for k, v in state["method"].items() if k.startswith(prefix)}
     backbone.load_state_dict(weights)
     if frozen:
