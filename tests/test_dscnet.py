@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from wsss.methods import METHODS, build_method
+from wsss.methods.contrast import multi_positive_nce
 from wsss.methods.dscnet import (
     DSCNet,
     class_scores,
@@ -178,22 +179,17 @@ def test_contrast_by_hand_four_groups_two_classes():
     assert z.item() == 0.0 and z.requires_grad
 
 
-def test_contrast_matches_a_loop():
+def test_contrast_is_the_mean_over_anchors_with_a_positive():
+    # the per-anchor losses are pinned against a loop in tests/test_contrast.py
     torch.manual_seed(3)
-    x = torch.randn(9, 5)
+    x = torch.randn(9, 5, requires_grad=True)
     classes = torch.tensor([0, 2, 0, 1, 2, 2, 3, 0, 1])  # class 3 has no positive
-    tau = 0.2
-    xn = x / x.norm(dim=1, keepdim=True)
-    losses = []
-    for a in range(9):
-        pos = [b for b in range(9) if b != a and classes[b] == classes[a]]
-        if not pos:
-            continue
-        denom = sum(math.exp((xn[a] @ xn[b]).item() / tau) for b in range(9) if b != a)
-        losses.append(sum(-math.log(math.exp((xn[a] @ xn[b]).item() / tau) / denom)
-                          for b in pos) / len(pos))
-    assert contrast(x, classes, tau).item() == pytest.approx(sum(losses) / len(losses),
-                                                             rel=1e-5)
+    per = multi_positive_nce(x, classes, 0.2)
+    assert len(per) == 8
+    assert contrast(x, classes, 0.2).item() == pytest.approx(per.mean().item(), rel=1e-6)
+    # nobody has a positive: a zero that still backpropagates
+    none = contrast(x, torch.arange(9), 0.2)
+    assert none.item() == 0.0 and none.requires_grad
 
 
 def test_predicted_labels_keep_the_top_class():
@@ -329,17 +325,19 @@ def test_cams_keep_the_groups_off_the_padding(base):
     method = _method(base).eval()
     cams = method.cams(batch, labels)
     with torch.no_grad():
-        feat, cam, f = method._base_maps(batch)
-        if f is None:
-            pseudo_small, pseudo_large = cam[0, :, :5, :7], cam[1]
-        else:
+        if base == "seam":
+            cam, f, feat = method.base.features(batch)
             pseudo_small = pcm_propagate(pcm_preprocess(cam[:1, :, :5, :7]),
                                          f[:1, :, :5, :7])[0, 1:]
             pseudo_large = pcm_propagate(pcm_preprocess(cam[1:]), f[1:])[0, 1:]
+            full = pcm_propagate(pcm_preprocess(cam[:1]), f[:1])[0, 1:]
+        else:
+            feat = method.base.backbone(batch)
+            cam = method.base.classifier(feat)
+            pseudo_small, pseudo_large, full = cam[0, :, :5, :7], cam[1], cam[0]
         own = method.refined_cam(feat[0, :, :5, :7], pseudo_small, labels[0])
         whole = method.refined_cam(feat[1], pseudo_large, labels[1])
         # what the padded cells would have done to the small image
-        full = cam[0] if f is None else pcm_propagate(pcm_preprocess(cam[:1]), f[:1])[0, 1:]
         padded = method.refined_cam(feat[0], full, labels[0])
     assert torch.allclose(cams[0, :, :5, :7], own, atol=1e-5)
     assert not cams[0, :, 5:].any() and not cams[0, :, :, 7:].any()

@@ -162,11 +162,11 @@ class BackboneMethod(Method):
     def stride(self) -> int:
         return int(self.cfg["backbone"]["output_stride"])
 
-    def view_losses(self, images: torch.Tensor, labels: torch.Tensor,
-                    scale: float | None = None) -> tuple[dict[str, torch.Tensor], list[View]]:
-        """The method's own loss terms ("loss" their weighted total) and its views of the
-        batch; `scale` asks for a downscaled second view where the method has none."""
-        raise NotImplementedError(f"{type(self).__name__} cannot serve as a base method")
+    # A method that can serve as a plug-in's base (wsss.methods.plugin.BASES) also defines
+    #   view_losses(images, labels, scale=None) -> (its loss terms, "loss" their weighted
+    #       total; its views of the batch), `scale` asking for a downscaled second view where
+    #       the method has none;
+    #   inference_view(images) -> View, the maps it infers from, padding handled.
 
 
 @register("baseline")
@@ -214,6 +214,11 @@ class BaselineCAM(BackboneMethod):
         terms["loss"].backward()
         opt.step()
         return {"loss": terms["loss"].item()}
+
+    @torch.no_grad()
+    def inference_view(self, images: torch.Tensor) -> View:
+        """The batch as the method infers from it (the CAM is also `pseudo`)."""
+        return self.view(images)
 
     @torch.no_grad()
     def cams(self, images: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:

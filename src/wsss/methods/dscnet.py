@@ -98,7 +98,6 @@ loses: 43.4 / 57.7 against 46.4 / 61.1.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -109,7 +108,7 @@ from torch import nn
 from wsss.methods.base import View, register
 from wsss.methods.contrast import cosine, masked_average_pool, multi_positive_nce, unit
 from wsss.methods.plugin import PluginMethod
-from wsss.methods.seam import SEAM, padding_free_extent, pcm_preprocess, pcm_propagate
+from wsss.methods.seam import image_cells
 
 EPS = 1e-6
 
@@ -359,42 +358,21 @@ class DSCNet(PluginMethod):
         return {"loss": total, "pgcl": pgcl, "sgcl": sgcl, "ce": ce}
 
     # -- inference -------------------------------------------------------------------------
-    def _base_maps(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor,
-                                                        torch.Tensor | None]:
-        """(last stage (B, D, h, w), raw CAM, PCM features or None) of the base, float32. The
-        CAM has SEAM's background channel 0 when the PCM features are given."""
-        base = self.base
-        if isinstance(base, SEAM):
-            cam, f, feat = base.features(images)
-            return feat, cam, f
-        with base.autocast():
-            feat = base.backbone(images)
-            cam = base.classifier(feat)
-        return feat.float(), cam.float(), None
-
     @torch.no_grad()
     def cams(self, images: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         """Refined CAMs' foreground channels (B, C, h, w), each image over its padding-free
-        extent (zeros beyond); the base's CAMs with `infer_from: base` or without fusion."""
+        cells (zeros beyond); the base's CAMs with `infer_from: base` or without fusion."""
         if self.settings["infer_from"] != "refined" or not self.fusion:
             return self.base.cams(images, labels)
-        feat, cam, f = self._base_maps(images)
-        h, w = feat.shape[-2:]
-        sy, sx = images.shape[2] / h, images.shape[3] / w
-        out = feat.new_zeros(images.shape[0], self.num_classes, h, w)
-        for i, (vh, vw) in enumerate(padding_free_extent(images)):
-            ch, cw = min(h, math.ceil(vh / sy)), min(w, math.ceil(vw / sx))
-            part = cam[i : i + 1, :, :ch, :cw]
-            if f is None:
-                fg = pseudo = part[0]
-            else:
-                fg = part[0, 1:]
-                pseudo = pcm_propagate(pcm_preprocess(part), f[i : i + 1, :, :ch, :cw])[0, 1:]
+        view = self.base.inference_view(images)
+        out = view.feat.new_zeros(images.shape[0], self.num_classes, *view.feat.shape[-2:])
+        for i, (ch, cw) in enumerate(image_cells(images, tuple(view.feat.shape[-2:]))):
+            cells = (i, slice(None), slice(0, ch), slice(0, cw))
             if labels is None:
-                label = predicted_labels(fg.mean(dim=(1, 2)))
+                label = predicted_labels(view.cam[cells].mean(dim=(1, 2)))
             else:
                 label = labels[i]
-            out[i, :, :ch, :cw] = self.refined_cam(feat[i, :, :ch, :cw], pseudo, label)
+            out[cells] = self.refined_cam(view.feat[cells], view.pseudo[cells], label)
         return out
 
 

@@ -82,14 +82,18 @@ class PluginMethod(Method):
 
     def losses(self, images: torch.Tensor, labels: torch.Tensor,
                step: int = 0) -> dict[str, torch.Tensor]:
-        """Base terms (prefixed by the base's name when they clash), plug-in terms, and the
-        total under "loss"."""
+        """Every term of the base and of the plug-in, their totals under "base" and the
+        plug-in's block name, and the sum under "loss"."""
         base_terms, views = self.base.view_losses(images, labels, self.view_scale())
         extra = self.plugin_losses(views, labels, step)
         total = base_terms["loss"] + extra["loss"]
         out = {"loss": total, "base": base_terms["loss"], self.block: extra["loss"]}
-        out.update({k: v for k, v in base_terms.items() if k != "loss"})
-        out.update({k: v for k, v in extra.items() if k != "loss"})
+        for terms in (base_terms, extra):
+            for key, value in terms.items():
+                if key != "loss":
+                    if key in out:  # a programming error: one log column for two terms
+                        raise MethodError(f"{self.block}: loss term '{key}' named twice")
+                    out[key] = value
         return out
 
     def training_step(self, batch: dict[str, torch.Tensor], step: int) -> dict[str, float]:

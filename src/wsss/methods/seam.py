@@ -265,30 +265,41 @@ class SEAM(BackboneMethod):
         return {k: v.item() for k, v in terms.items()}
 
     @torch.no_grad()
-    def cams(self, images: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
-        """Foreground channels of the revised CAM (SEAM infers from it), on the feature grid;
-        CAM and PCM features come from the same forward pass.
+    def inference_view(self, images: torch.Tensor) -> View:
+        """The batch as SEAM infers from it: last stage, foreground CAM and, as `pseudo`, the
+        foreground channels of the revised CAM, on the feature grid; CAM and PCM features come
+        from the same forward pass.
 
         Inference batches are zero-padded at the bottom and right (`pad_batch`). Unlike a
         convolution, the PCM is global: padded cells would enter every cell's average and the
         per-channel maxima. So each image's PCM runs over the cells that see the image only
-        (as `multiscale_cams` crops them: ⌈extent / stride⌉), and the rest stays 0.
+        (`image_cells`, as `multiscale_cams` crops them), and the rest stays 0.
         """
-        cam, f, _ = self.features(images)
-        h, w = cam.shape[-2:]
-        extents = padding_free_extent(images)
-        full = (images.shape[2], images.shape[3])
-        if all(e == full for e in extents):
-            return pcm_propagate(pcm_preprocess(cam), f)[:, 1:]
-        out = torch.zeros_like(cam[:, 1:])
-        sy, sx = images.shape[2] / h, images.shape[3] / w
-        for i, (vh, vw) in enumerate(extents):
-            ch, cw = min(h, math.ceil(vh / sy)), min(w, math.ceil(vw / sx))
-            part = cam[i : i + 1, :, :ch, :cw]
-            out[i, :, :ch, :cw] = pcm_propagate(pcm_preprocess(part), f[i : i + 1, :, :ch, :cw])[
-                0, 1:
-            ]
-        return out
+        cam, f, feat = self.features(images)
+        cells = image_cells(images, tuple(cam.shape[-2:]))
+        if all(c == tuple(cam.shape[-2:]) for c in cells):
+            revised = pcm_propagate(pcm_preprocess(cam), f)[:, 1:]
+        else:
+            revised = torch.zeros_like(cam[:, 1:])
+            for i, (ch, cw) in enumerate(cells):
+                part = pcm_propagate(pcm_preprocess(cam[i : i + 1, :, :ch, :cw]),
+                                     f[i : i + 1, :, :ch, :cw])
+                revised[i, :, :ch, :cw] = part[0, 1:]
+        return View(images, feat, cam[:, 1:], revised)
+
+    @torch.no_grad()
+    def cams(self, images: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        """Foreground channels of the revised CAM (SEAM infers from it); see `inference_view`."""
+        return self.inference_view(images).pseudo
+
+
+def image_cells(images: torch.Tensor, grid: tuple[int, int]) -> list[tuple[int, int]]:
+    """Per image of a zero-padded batch, the (rows, cols) of the feature grid that see the image:
+    ⌈extent / stride⌉, at most the grid."""
+    h, w = grid
+    sy, sx = images.shape[2] / h, images.shape[3] / w
+    return [(min(h, math.ceil(vh / sy)), min(w, math.ceil(vw / sx)))
+            for vh, vw in padding_free_extent(images)]
 
 
 def padding_free_extent(images: torch.Tensor) -> list[tuple[int, int]]:
