@@ -126,3 +126,21 @@ def read_generator(root: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise ValueError(f"{path}: not found; failure modes need the synthetic benchmark")
     return json.loads(path.read_text())
+
+
+def diagnose(ds, split: str, variant: str, stage: str, cams: str | None = None,
+             seeds_eval: str | None = None, labels: str | None = None) -> dict[str, Any]:
+    """Failure modes of a label store, or of a CAM store's seeds at its evaluation's best
+    threshold, with the variant, stage and versions recorded."""
+    from wsss.store import versions
+
+    generator = read_generator(ds.root)
+    if labels:
+        result = label_failure_modes(labels, ds, split, generator)
+    else:
+        if not (cams and seeds_eval):
+            raise ValueError("failure-modes needs --labels, or --cams with --seeds-eval")
+        threshold = json.loads(Path(seeds_eval).read_text())["best_threshold"]
+        result = failure_modes(cams, ds, split, generator, threshold)
+    result.update(variant=variant, stage=stage, versions=versions())
+    return result

@@ -166,3 +166,35 @@ def evaluate_labels(
         **scores(total, _label_names(ds)),
         "ignored_fraction": ignored / labelled if labelled else None,
     }
+
+
+def threshold_grid(evaluation: dict[str, Any]) -> np.ndarray:
+    """The sweep's thresholds from an `evaluation` block ({thresholds: {start, stop, step}})."""
+    t = evaluation["thresholds"]
+    return np.round(np.arange(t["start"], t["stop"] + 1e-9, t["step"]), 6)
+
+
+def seeds_report(cam_path: str | os.PathLike, ds: VocDataset, split: str, variant: str,
+                 evaluation: dict[str, Any], threads: int = 1) -> dict[str, Any]:
+    """`evaluate_seeds` over the evaluation block's sweep, with what produced the CAMs."""
+    from wsss.store import versions
+
+    result = evaluate_seeds(cam_path, ds, split, threshold_grid(evaluation),
+                            evaluation["default_threshold"], threads=threads)
+    with CamReader(cam_path) as cams:
+        method_config = cams.attr("config")
+    result.update(stage="seeds", variant=variant, evaluation=evaluation, config=method_config,
+                  versions=versions())
+    return result
+
+
+def labels_report(label_path: str | os.PathLike, ds: VocDataset, split: str, variant: str,
+                  stage: str, threads: int = 1) -> dict[str, Any]:
+    """`evaluate_labels` with the stage's name and the config that made the labels."""
+    from wsss.store import versions
+
+    result = evaluate_labels(label_path, ds, split, threads=threads)
+    with LabelReader(label_path) as labels:
+        refiner_config = labels.attr("refiner")
+    result.update(stage=stage, variant=variant, config=refiner_config, versions=versions())
+    return result

@@ -10,6 +10,7 @@ run (on CPU, where kernels are deterministic).
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import logging
 import random
@@ -21,11 +22,65 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 from tqdm import tqdm
 
 from wsss.store import atomic_path, versions
 
 log = logging.getLogger(__name__)
+
+
+class Trainable(nn.Module):
+    """What the training loop needs of a network it trains (a method, AffinityNet, the IRN
+    boundary network, DeepLab): parameter groups with `lr_mult`, optimizers built from the
+    training block, one optimisation step, and bf16 autocast on CUDA."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.optimizers: list[torch.optim.Optimizer] = []
+
+    def param_groups(self) -> list[dict[str, Any]]:
+        """Parameter groups with `lr_mult`; the optimizer is built over these."""
+        raise NotImplementedError(f"{type(self).__name__} must define param_groups")
+
+    def build_optimizers(self, training: dict[str, Any]) -> list[torch.optim.Optimizer]:
+        groups = []
+        for group in self.param_groups():
+            params = [p for p in group["params"] if p.requires_grad]
+            if params:
+                groups.append({**group, "params": params})
+        opt = torch.optim.SGD(
+            groups,
+            lr=training["lr"],
+            momentum=training["momentum"],
+            weight_decay=training["weight_decay"],
+            nesterov=training.get("nesterov", False),
+        )
+        for group in opt.param_groups:
+            group["initial_lr"] = training["lr"] * group.get("lr_mult", 1.0)
+        self.optimizers = [opt]
+        return self.optimizers
+
+    def training_step(self, batch: dict[str, torch.Tensor], step: int) -> dict[str, float]:
+        raise NotImplementedError(f"{type(self).__name__} must define training_step")
+
+    def optimize(self, loss: torch.Tensor) -> None:
+        """One step of every optimizer on `loss`: zero the gradients, backpropagate, step."""
+        for opt in self.optimizers:
+            opt.zero_grad(set_to_none=True)
+        loss.backward()
+        for opt in self.optimizers:
+            opt.step()
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    def autocast(self):
+        """bfloat16 autocast on CUDA (no loss scaling needed); a no-op on CPU."""
+        if self.device.type == "cuda":
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
 
 
 def seed_everything(seed: int) -> None:

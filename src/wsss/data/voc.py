@@ -261,3 +261,15 @@ class VocDataset:
         vec = np.zeros(self.num_classes, dtype=np.float32)
         vec[self.image_labels(image_id)] = 1.0
         return vec
+
+
+def export_pngs(label_path: str | os.PathLike, out_dir: str | os.PathLike) -> int:
+    """Every mask of a label store as a VOC palette PNG in `out_dir`; returns the count."""
+    from wsss.store import LabelReader
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    with LabelReader(label_path) as labels:
+        for image_id in labels.ids:
+            save_mask(out / f"{image_id}.png", labels.get(image_id))
+        return len(labels.ids)

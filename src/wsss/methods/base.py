@@ -8,7 +8,8 @@ into the scheduled learning rate.
 
 from __future__ import annotations
 
-import contextlib
+import logging
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,9 +17,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from wsss import registry
 from wsss.errors import MethodError
-from wsss.models.backbones import build_backbone
+from wsss.models.backbones import build_backbone, freeze_batchnorm
+from wsss.train import Trainable
 
+log = logging.getLogger(__name__)
 METHODS: dict[str, type[Method]] = {}
 MIN_CELLS = 8  # smallest side, in feature cells, of a downscaled second view
 
@@ -34,18 +38,37 @@ def register(name: str):
     return wrap
 
 
+def load_method(checkpoint: str | os.PathLike, cfg: dict[str, Any], num_classes: int,
+                device: torch.device | str = "cpu") -> Method:
+    """The trained method of a `classifier.pt`, built from `cfg`, on `device`, in eval mode."""
+    state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    if state.get("config") != cfg:
+        log.warning("%s was trained with a different config block than the one given", checkpoint)
+    method = build_method(cfg, num_classes)
+    method.load_state_dict(state["method"])
+    return method.to(device).eval()
+
+
+def method_class(name: Any, key: str = "method") -> type[Method]:
+    """The class registered as `name`, its module imported through the registry (so a method
+    module is imported only where a variant uses it); a ConfigError names `key` otherwise."""
+    comp = registry.component("method", name, key)
+    registry.load(comp)
+    if comp.name not in METHODS:
+        raise MethodError(f"{comp.path} declares method '{comp.name}' but registers no class")
+    return METHODS[comp.name]
+
+
 def build_method(cfg: dict[str, Any], num_classes: int) -> Method:
-    name = cfg.get("method")
-    if name not in METHODS:
-        raise MethodError(f"unknown method '{name}'; choose one of {sorted(METHODS)}")
-    return METHODS[name](cfg, num_classes)
+    return method_class(cfg.get("method"))(cfg, num_classes)
 
 
-class Method(nn.Module):
+class Method(Trainable):
     """Base class of every WSSS method variant.
 
     Subclasses build their networks in `__init__`, list parameters in `param_groups`, and
-    implement `training_step` (forward, loss, backward, optimizer step) and `cams`.
+    implement `training_step` (forward, loss, `self.optimize(loss)`) and `cams`. The training
+    contract (`wsss.train.Trainable`) owns optimizers, schedule hooks and device handling.
     """
 
     registry_name = ""
@@ -54,33 +77,6 @@ class Method(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.num_classes = num_classes
-        self.optimizers: list[torch.optim.Optimizer] = []
-
-    # -- training -------------------------------------------------------------------------
-    def param_groups(self) -> list[dict[str, Any]]:
-        """Parameter groups with `lr_mult`; the default optimizer is SGD over these."""
-        raise NotImplementedError(f"{type(self).__name__} must define param_groups")
-
-    def build_optimizers(self, training: dict[str, Any]) -> list[torch.optim.Optimizer]:
-        groups = []
-        for group in self.param_groups():
-            params = [p for p in group["params"] if p.requires_grad]
-            if params:
-                groups.append({**group, "params": params})
-        opt = torch.optim.SGD(
-            groups,
-            lr=training["lr"],
-            momentum=training["momentum"],
-            weight_decay=training["weight_decay"],
-            nesterov=training.get("nesterov", False),
-        )
-        for group in opt.param_groups:
-            group["initial_lr"] = training["lr"] * group.get("lr_mult", 1.0)
-        self.optimizers = [opt]
-        return self.optimizers
-
-    def training_step(self, batch: dict[str, torch.Tensor], step: int) -> dict[str, float]:
-        raise NotImplementedError(f"{type(self).__name__} must define training_step")
 
     # -- inference ------------------------------------------------------------------------
     def cams(self, images: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
@@ -88,29 +84,10 @@ class Method(nn.Module):
         (B, C) are the images' class labels, for methods whose maps depend on them."""
         raise NotImplementedError(f"{type(self).__name__} must define cams")
 
-    def seg_probs(self, images: torch.Tensor) -> torch.Tensor | None:
-        """(B, C+1, h, w) segmentation probabilities for single-stage methods, else None."""
-        return None
-
-    # -- helpers --------------------------------------------------------------------------
-    @property
-    def device(self) -> torch.device:
-        return next(self.parameters()).device
-
-    def autocast(self):
-        """bfloat16 autocast on CUDA (no loss scaling needed); a no-op on CPU."""
-        if self.device.type == "cuda":
-            return torch.autocast("cuda", dtype=torch.bfloat16)
-        return contextlib.nullcontext()
-
-
-def freeze_batchnorm(module: nn.Module) -> None:
-    """Keep BatchNorm layers in eval mode with fixed affine parameters (pretrained statistics)."""
-    for m in module.modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm):
-            m.eval()
-            for p in m.parameters():
-                p.requires_grad_(False)
+    def seg_logits(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, C+1, h, w) segmentation logits of a method with a segmentation head (declared
+        `seg_head` in its REGISTER); methods without one do not override this."""
+        raise NotImplementedError(f"{type(self).__name__} has no segmentation head")
 
 
 @dataclass
@@ -167,6 +144,9 @@ class BackboneMethod(Method):
     #       total; its views of the batch), `scale` asking for a downscaled second view where
     #       the method has none;
     #   inference_view(images) -> View, the maps it infers from, padding handled.
+
+
+REGISTER = {"kind": "method", "name": "baseline", "base": True, "order": 0}
 
 
 @register("baseline")

@@ -130,3 +130,12 @@ def build_backbone(name: str, output_stride: int, pretrained: str = "none") -> B
     if name not in BACKBONES:
         raise BackboneError(f"unknown backbone '{name}'; choose one of {sorted(BACKBONES)}")
     return BACKBONES[name](output_stride=output_stride, pretrained=pretrained)
+
+
+def freeze_batchnorm(module: nn.Module) -> None:
+    """Keep BatchNorm layers in eval mode with fixed affine parameters (pretrained statistics)."""
+    for m in module.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.eval()
+            for p in m.parameters():
+                p.requires_grad_(False)

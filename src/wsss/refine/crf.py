@@ -7,7 +7,10 @@ them along image edges, and the argmax becomes a uint8 label map (0 bg, k + 1 = 
 from __future__ import annotations
 
 import copy
+import json
+import logging
 import os
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -24,6 +27,7 @@ DEFAULT_CRF: dict[str, Any] = {
 }
 
 # -log(1e-5) ~ 11.5 caps the unary so that a zero probability is a strong, not infinite, vote.
+log = logging.getLogger(__name__)
 PROB_FLOOR = 1e-5
 
 
@@ -123,14 +127,18 @@ def run_crf(
     out_path: str | os.PathLike,
     threads: int,
     threshold: float | None = None,
+    seeds_eval: str | os.PathLike | None = None,
 ) -> None:
     """Refine every CAM of `split` with a dense CRF and write the labels to `out_path`.
 
     `cfg` is the refiner block ({"bg", "iterations", "gaussian", "bilateral"}); `threshold`
     replaces a constant background threshold and is ignored for the "power" mode. The CAM
     file must cover the split's ids with the dataset's class list; on any error no output
-    file is left behind.
+    file is left behind. `seeds_eval`: a seed evaluation whose best threshold is `threshold`.
     """
+    if seeds_eval is not None:
+        threshold = json.loads(Path(seeds_eval).read_text())["best_threshold"]
+        log.info("background threshold %.2f from %s", threshold, seeds_eval)
     effective = _effective_config(cfg, threshold)
     cam_probs(np.zeros((0, 1, 1), np.float32), effective["bg"])  # fail early on a bad bg block
     write_labels(cam_path, ds, split, crf_task, effective, out_path, threads, "crf")
