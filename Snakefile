@@ -1,6 +1,6 @@
 # WSSS workflow: dataset -> classifier per method variant -> CAMs -> seeds / refiners -> evaluation
 # -> DeepLab retraining on chosen pseudo-labels -> summary and report figures. Stage rules live in workflow/rules/, one file per stage; helpers in common.smk.
-from snakemake.utils import min_version, validate
+from snakemake.utils import min_version
 
 min_version("9.0")
 
@@ -8,13 +8,13 @@ min_version("9.0")
 configfile: "config.yaml"
 
 
-validate(config, "workflow/schemas/config.schema.yaml")
-
 # a GPU is a per-node resource: on a cluster each job gets its own, locally they are shared
 resource_scopes:
     gpu="local",
 
 
+# common.smk validates the config against workflow/schemas/config.schema.yaml, assembled with
+# the components' own schemas (wsss.schema), and fills in the defaults
 include: "workflow/rules/common.smk"
 
 

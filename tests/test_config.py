@@ -1,33 +1,30 @@
-"""The configs that ship with the repository are valid, and the schema knows the registries."""
+"""The configs that ship with the repository are valid against the schema assembled from the
+generic file and the components' REGISTER schemas, and each component's defaults are its own."""
 
+import copy
 from pathlib import Path
 
 import pytest
 import yaml
-from snakemake.utils import validate
 
-from wsss.methods import METHODS
-from wsss.models.backbones import BACKBONES
+from wsss import registry
+from wsss.errors import ConfigError
+from wsss.schema import assemble, validate_config
 
 REPO = Path(__file__).resolve().parents[1]
-SCHEMA = REPO / "workflow" / "schemas" / "config.schema.yaml"
-
-
 CONFIGS = [REPO / "config.yaml", *sorted((REPO / "workflow" / "configs").glob("*.yaml"))]
+
+
+def _default() -> dict:
+    return yaml.safe_load((REPO / "config.yaml").read_text())
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
 def test_shipped_configs_validate(path):
     cfg = yaml.safe_load(path.read_text())
-    validate(cfg, str(SCHEMA))
+    validate_config(cfg)
     for name in cfg["run"]["variants"]:
         assert name in cfg["methods"]
-
-
-def test_schema_enums_match_the_registries():
-    defs = yaml.safe_load(SCHEMA.read_text())["$defs"]
-    assert set(defs["method"]["properties"]["method"]["enum"]) == set(METHODS)
-    assert set(defs["backbone"]["properties"]["name"]["enum"]) == set(BACKBONES)
 
 
 def test_conda_env_has_the_same_pins_as_requirements():
@@ -38,27 +35,79 @@ def test_conda_env_has_the_same_pins_as_requirements():
     assert pip == pins
 
 
-def test_learned_refiner_defaults_are_valid_refiner_blocks():
-    """A config written out from a refiner's DEFAULTS validates (schema and code agree on keys)."""
-    import copy
+@pytest.mark.parametrize("kind", ["method", "refiner"])
+def test_every_component_default_is_a_valid_block(kind):
+    """A block written out from a component's declared defaults validates: a default that
+    breaks its own schema (a typo, a wrong type, a value out of range) fails here."""
+    cfg = _default()
+    for comp in registry.components(kind).values():
+        if not comp.schema:
+            continue
+        defaults = registry.defaults(comp.schema)
+        if kind == "refiner":
+            cfg["refiners"][f"{comp.name}_defaults"] = {"refiner": comp.name, **defaults}
+        elif comp.get("block"):
+            block = copy.deepcopy(cfg["methods"]["baseline"])
+            block.update(method=comp.name, **{comp.get("block"): defaults})
+            cfg["methods"][f"{comp.name}_defaults"] = block
+    validate_config(cfg)
 
-    from wsss.refine import LEARNED_REFINERS, refiner_module
 
-    cfg = yaml.safe_load((REPO / "config.yaml").read_text())
-    for name in LEARNED_REFINERS:
-        cfg["refiners"][f"{name}_defaults"] = copy.deepcopy(refiner_module(name).DEFAULTS)
-    validate(cfg, str(SCHEMA))
-    defs = yaml.safe_load(SCHEMA.read_text())["$defs"]
-    assert set(defs["refiner"]["properties"]["refiner"]["enum"]) == {"crf", *LEARNED_REFINERS}
+def test_a_misspelt_key_in_a_component_block_is_named():
+    cfg = _default()
+    kind = next(c for c in registry.components("refiner").values() if c.get("learned"))
+    name = next(n for n, r in cfg["refiners"].items() if r["refiner"] == kind.name)
+    cfg["refiners"][name]["radiuss"] = 3
+    with pytest.raises(ConfigError, match=rf"refiners\.{name}.*'radiuss' was unexpected"):
+        validate_config(cfg)
 
 
-def test_walk_crf_switch_is_a_boolean():
-    from snakemake.exceptions import WorkflowError
+def test_a_wrong_type_names_the_key():
+    cfg = _default()
+    name = next(n for n, r in cfg["refiners"].items()
+                if registry.component("refiner", r["refiner"]).get("learned"))
+    cfg["refiners"][name]["inference"] = {"crf": "yes"}
+    with pytest.raises(ConfigError, match=rf"refiners\.{name}\.inference\.crf.*boolean"):
+        validate_config(cfg)
 
-    cfg = yaml.safe_load((REPO / "config.yaml").read_text())
-    cfg["refiners"]["irn"]["inference"] = {"crf": "yes"}
-    with pytest.raises(WorkflowError, match="'yes' is not of type 'boolean'"):
-        validate(cfg, str(SCHEMA))
+
+def test_defaults_are_filled_from_the_component():
+    """A refiner block that gives only its kind gets the kind's declared defaults."""
+    cfg = _default()
+    kind = next(iter(registry.components("refiner").values()))
+    cfg["refiners"]["bare"] = {"refiner": kind.name}
+    validate_config(cfg)
+    for key, value in registry.defaults(kind.schema).items():
+        assert cfg["refiners"]["bare"][key] == value
+
+
+def test_a_plugin_file_joins_the_registry_and_the_schema(tmp_path, monkeypatch):
+    """A component outside the package (WSSS_PLUGINS) is a method name and a block key, with
+    its defaults, without any edit to the package or the schema file."""
+    plugin = tmp_path / "mine.py"
+    plugin.write_text('REGISTER = {"kind": "method", "name": "mine", "block": "mine", '
+                      '"schema": {"type": "object", "additionalProperties": False, '
+                      '"properties": {"w": {"type": "number", "default": 0.5}}}}\n')
+    monkeypatch.setenv(registry.PLUGINS_ENV, str(plugin))
+    schema = assemble()
+    assert "mine" in schema["$defs"]["method"]["properties"]["method"]["enum"]
+    cfg = _default()
+    cfg["methods"]["m"] = {**copy.deepcopy(cfg["methods"]["baseline"]), "method": "mine",
+                           "mine": {}}
+    validate_config(cfg)
+    assert cfg["methods"]["m"]["mine"] == {"w": 0.5}
+    cfg["methods"]["m"]["mine"] = {"w": "heavy"}
+    with pytest.raises(ConfigError, match=r"methods\.m\.mine\.w"):
+        validate_config(cfg)
+
+
+def test_a_name_declared_twice_is_refused(tmp_path, monkeypatch):
+    taken = next(iter(registry.components("method")))
+    plugin = tmp_path / "dup.py"
+    plugin.write_text(f'REGISTER = {{"kind": "method", "name": "{taken}"}}\n')
+    monkeypatch.setenv(registry.PLUGINS_ENV, str(plugin))
+    with pytest.raises(ConfigError, match="declared twice"):
+        registry.components("method")
 
 
 def _overlay(base: dict, over: dict) -> dict:
@@ -75,8 +124,7 @@ OVERLAYS = sorted((REPO / "workflow" / "configs" / "ablations").glob("*.yaml"))
 
 @pytest.mark.parametrize("path", OVERLAYS, ids=lambda p: p.name)
 def test_ablation_overlays_validate_on_the_default_config(path):
-    over = yaml.safe_load(path.read_text())
-    cfg = _overlay(yaml.safe_load((REPO / "config.yaml").read_text()), over)
-    validate(cfg, str(SCHEMA))
+    cfg = _overlay(_default(), yaml.safe_load(path.read_text()))
+    validate_config(cfg)
     assert set(cfg["run"]["refiners"]) <= set(cfg["refiners"])
     assert set(cfg["run"]["variants"]) <= set(cfg["methods"])

@@ -3,7 +3,7 @@ import csv
 import numpy as np
 import torch
 
-from wsss.methods import build_method
+from wsss.methods.base import build_method
 from wsss.train import StepSampler, fit, poly_lr
 
 TRAINING = {
@@ -51,6 +51,11 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path):
     assert steps == list(range(1, 5))  # 2 epochs × 10 // 4 batches, each step logged once
     saved = torch.load(tmp_path / "full" / "classifier.pt", weights_only=False)
     assert saved["config"] == CFG and "torch" in saved["versions"]
+    # the trunk on its own, for the refiners: exactly the method's backbone.* weights
+    trunk = {k[len("backbone."):]: v for k, v in saved["method"].items()
+             if k.startswith("backbone.")}
+    assert saved["backbone"].keys() == trunk.keys()
+    assert all(torch.equal(saved["backbone"][k], v) for k, v in trunk.items())
 
 
 def test_training_lowers_the_loss(tmp_path):

@@ -46,8 +46,16 @@ def _tiny_config() -> dict:
     cfg["run"]["refiners"] = ["crf", "crf_power", "psa", "irn"]
     cfg["deeplab"]["training"].update(epochs=1, batch_size=8)
     cfg["deeplab"]["inference"].update(scales=[1.0])
-    cfg["run"]["deeplab"] = [["other", "crf"]]
+    cfg["run"]["deeplab"] = [["other", "crf"], ["head", "seghead"]]
     cfg["report"] = {"examples": 3}
+    # a single-stage method defined in the tests (its own segmentation head), whose
+    # predictions are pseudo-labels through the `seghead` refiner kind
+    cfg["plugins"] = [str(REPO / "tests" / "plugins" / "tiny_head.py")]
+    cfg["methods"]["head"] = {**json.loads(json.dumps(cfg["methods"]["baseline"])),
+                              "method": "tiny_head"}
+    cfg["refiners"]["seghead"] = {"refiner": "seghead"}
+    cfg["run"]["variants"].append("head")
+    cfg["run"]["variant_refiners"] = {"head": ["seghead"]}
     return cfg
 
 
@@ -86,8 +94,11 @@ def test_tiny_run_then_only_the_changed_branch_reruns(tmp_path):
     results = tmp_path / "results" / "synthetic"
     summary = (results / "summary.md").read_text()
     for name in ("baseline", "other", "seeds_miou", "crf_miou", "crf_power_miou", "psa_miou",
-                 "irn_miou"):
+                 "irn_miou", "| head | val |", "seghead_miou", "deeplab_seghead_miou"):
         assert name in summary
+    # the single-stage method's own val predictions are evaluated: its final number
+    head_val = json.loads((results / "head" / "seghead" / "labels" / "val.eval.json").read_text())
+    assert head_val["stage"] == "seghead" and head_val["num_images"] == 8
     seeds = json.loads((results / "baseline" / "cams" / "train.eval.json").read_text())
     assert 0.0 < seeds["miou"] <= 1.0 and seeds["num_images"] == 24
     assert len(seeds["curve"]["miou"]) == 96 and seeds["curve"]["threshold"][-1] == 0.95
@@ -153,7 +164,7 @@ def test_tiny_run_then_only_the_changed_branch_reruns(tmp_path):
     cfg["deeplab"]["inference"]["flip"] = False
     _write_config(tmp_path, cfg)
     assert _planned_jobs(_snakemake(tmp_path, "-n")) == {
-        "deeplab_predict": 2, "evaluate_deeplab": 4, "summary": 1, "report_figures": 1, "all": 1}
+        "deeplab_predict": 4, "evaluate_deeplab": 8, "summary": 1, "report_figures": 1, "all": 1}
 
 
 def _expect_config_error(tmp_path, cfg, *fragments):
@@ -197,3 +208,11 @@ def test_bad_value_and_unknown_variant_are_named(tmp_path):
     cfg = yaml.safe_load((REPO / "config.yaml").read_text())
     cfg["methods"]["hsc"]["hsc"]["base"] = "hsc"
     _expect_config_error(tmp_path, cfg, "base", "seam")
+
+
+def test_seghead_on_a_method_without_a_head_stops_at_start_up(tmp_path):
+    cfg = yaml.safe_load((REPO / "config.yaml").read_text())
+    cfg["refiners"]["own"] = {"refiner": "seghead"}
+    cfg["run"]["variant_refiners"]["seam"] = ["crf", "own"]
+    _expect_config_error(tmp_path, cfg, "run.variant_refiners.seam", "own",
+                         "segmentation head", "method seam")

@@ -5,6 +5,12 @@ to a common size). Only the planes of each image's labelled classes are kept; ea
 cropped to the feature cells that see the image, the mirror's map flipped back and added, and the
 sum resized to the image size and to the stride-4 size. Maps are summed over scales and each
 class plane divided by its maximum.
+
+A method with a segmentation head (`seg_head` in its REGISTER) also gets its masks stored:
+`seg`, (C+1)×H×W class probabilities at image resolution from the same scales and mirrors,
+fused by the variant's `inference.seg_fusion`: "mean" (the softmax probabilities averaged over
+views, as DeepLab's inference does) or "max" (the softmax of the per-pixel maximum logit).
+Stores of methods without a head are exactly what they were before heads existed.
 """
 
 from __future__ import annotations
@@ -22,10 +28,14 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from wsss import registry
 from wsss.data.transforms import pad_batch, scaled_views, upsample
+from wsss.errors import ConfigError
 from wsss.store import CamWriter
 
 log = logging.getLogger(__name__)
+SEG_FUSIONS = ("mean", "max")
+DEFAULT_SEG_FUSION = "mean"  # the schema's default of inference.seg_fusion
 
 
 @torch.no_grad()
@@ -52,6 +62,8 @@ def multiscale_cams(
         arrays = [v for per_image in views for v in per_image[s]]
         batch = pad_batch(arrays).to(device)
         maps = F.relu(method.cams(batch, labels))
+        # below the true stride unless the padded height is a multiple of it (`grid_stride` is
+        # exact); kept, because the default run's numbers depend on it
         stride = batch.shape[2] / maps.shape[2]
         for i, ((h, w), k) in enumerate(zip(sizes, keys, strict=True)):
             if len(k) == 0:
@@ -71,6 +83,71 @@ def multiscale_cams(
     return list(zip(full, low, strict=True))
 
 
+def grid_stride(size: int, cells: int) -> int:
+    """The network's stride from an input side and its output side, for power-of-two strides:
+    the smallest power of two s with ceil(size / s) <= cells. (size / cells underestimates it
+    whenever size is not a multiple of the stride, and with it the extent the cells cover.)"""
+    s = 1
+    while math.ceil(size / s) > cells:
+        s *= 2
+    return s
+
+
+@torch.no_grad()
+def multiscale_seg(
+    method,
+    images: Sequence[np.ndarray],
+    scales: Sequence[float],
+    flip: bool,
+    fusion: str = DEFAULT_SEG_FUSION,
+) -> list[torch.Tensor]:
+    """Per H×W×3 image, (C+1)×H×W class probabilities from the method's `seg_logits` over the
+    views of `multiscale_cams` (the same scales, mirrors and padding; each view's logits cropped
+    to the cells that see it, resized to the extent they cover and cropped to the image), fused
+    over views by `fusion`: "mean" of the softmax probabilities or softmax of the max logit."""
+    check_seg_fusion(fusion)
+    device = method.device
+    sizes = [img.shape[:2] for img in images]
+    views = [scaled_views(img, scales, flip) for img in images]
+    per = 2 if flip else 1
+    fused: list[torch.Tensor | None] = [None] * len(images)
+    for s in range(len(scales)):
+        arrays = [v for per_image in views for v in per_image[s]]
+        batch = pad_batch(arrays).to(device)
+        logits = method.seg_logits(batch).float()
+        stride = grid_stride(batch.shape[2], logits.shape[2])
+        for i, (h, w) in enumerate(sizes):
+            vh, vw = arrays[i * per].shape[1:]
+            ch, cw = math.ceil(vh / stride), math.ceil(vw / stride)
+            m = logits[i * per : (i + 1) * per, :, :ch, :cw]
+            if flip:
+                m = torch.stack([m[0], m[1].flip(-1)])
+            eh = max(h, math.ceil(ch * stride * h / vh))
+            ew = max(w, math.ceil(cw * stride * w / vw))
+            up = upsample(m, (eh, ew))[:, :, :h, :w]
+            if fusion == "mean":
+                part = up.softmax(dim=1).sum(dim=0)
+                fused[i] = part if fused[i] is None else fused[i] + part
+            else:
+                part = up.amax(dim=0)
+                fused[i] = part if fused[i] is None else torch.maximum(fused[i], part)
+    if fusion == "mean":
+        return [f / (len(scales) * per) for f in fused]
+    return [f.softmax(dim=0) for f in fused]
+
+
+def check_seg_fusion(fusion: Any) -> None:
+    if fusion not in SEG_FUSIONS:
+        raise ConfigError(f"inference.seg_fusion: unknown fusion {fusion!r}; "
+                          f"choose one of {list(SEG_FUSIONS)}")
+
+
+def has_seg_head(method) -> bool:
+    """Whether the method's registry entry declares a segmentation head (`seg_head`)."""
+    name = (getattr(method, "cfg", None) or {}).get("method")
+    return name is not None and bool(registry.component("method", name).get("seg_head"))
+
+
 def normalise(cam: torch.Tensor) -> np.ndarray:
     """Divide each plane by its maximum (+1e-5, so empty maps stay zero)."""
     peak = cam.flatten(1).amax(dim=1).clamp_min(0) + 1e-5
@@ -86,19 +163,30 @@ def extract_cams(
     out_path: str | Path,
     attrs: dict[str, Any],
 ) -> dict[str, float]:
-    """Write CAMs of `ids` to `out_path` (atomically); return timing figures."""
+    """Write CAMs of `ids` to `out_path` (atomically); return timing figures.
+
+    For a method with a segmentation head, each image's `seg` probabilities too (fused by
+    `inference["seg_fusion"]`, recorded as the file attr `seg_fusion`)."""
     method.eval()
     scales, flip, bs = inference["scales"], inference["flip"], inference["batch_size"]
+    attrs = {**attrs, "scales": list(scales), "flip": bool(flip)}
+    fusion = None
+    if has_seg_head(method):
+        fusion = inference.get("seg_fusion", DEFAULT_SEG_FUSION)
+        check_seg_fusion(fusion)  # before any file is written
+        attrs["seg_fusion"] = fusion
     t0 = time.time()
-    with CamWriter(out_path, {**attrs, "scales": list(scales), "flip": bool(flip)}) as writer:
+    with CamWriter(out_path, attrs) as writer:
         bar = tqdm(total=len(ids), desc="cams", file=sys.stderr, mininterval=5.0, disable=None)
         for start in range(0, len(ids), bs):
             chunk = list(ids[start : start + bs])
             images = [dataset.load_image(i) for i in chunk]
             keys = [np.asarray(labels[i], dtype=np.int64) for i in chunk]
             cams = multiscale_cams(method, images, keys, scales, flip)
-            for image_id, k, (full, low) in zip(chunk, keys, cams, strict=True):
-                writer.add(image_id, normalise(full), k, cam_lowres=normalise(low))
+            segs = ([p.cpu().numpy() for p in multiscale_seg(method, images, scales, flip, fusion)]
+                    if fusion is not None else [None] * len(chunk))
+            for image_id, k, (full, low), seg in zip(chunk, keys, cams, segs, strict=True):
+                writer.add(image_id, normalise(full), k, cam_lowres=normalise(low), seg=seg)
             bar.update(len(chunk))
         bar.close()
     seconds = time.time() - t0

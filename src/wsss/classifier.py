@@ -11,6 +11,7 @@ import torch
 
 from wsss.data.index import read_index
 from wsss.data.transforms import ClassificationSet
+from wsss.errors import ConfigError
 from wsss.methods.base import build_method
 from wsss.train import fit, seed_everything
 
@@ -21,7 +22,11 @@ def train_classifier(ds, index_path: str | os.PathLike, split: str, variant: str
                      cfg: dict[str, Any], out_dir: str | os.PathLike, device: torch.device,
                      init_from: str | os.PathLike | None = None,
                      stop_after: int | None = None) -> Path:
-    """Train `cfg`'s method on the labelled images of `split`; returns classifier.pt."""
+    """Train `cfg`'s method on the labelled images of `split`; returns classifier.pt.
+
+    `init_from`: the classifier.pt of another variant, whose matching weights the method starts
+    from (`Method.init_from`); a checkpoint of this run, when there is one, still wins.
+    """
     index = read_index(index_path)
     info = index["splits"][split]
     ids = [i for i in info["ids"] if info["labels"][i]]
@@ -31,9 +36,20 @@ def train_classifier(ds, index_path: str | os.PathLike, split: str, variant: str
     seed_everything(cfg["training"]["seed"])  # the initial weights are part of the experiment
     method = build_method(cfg, ds.num_classes)
     if init_from is not None:
-        raise NotImplementedError("init_from")
+        method.init_from(_trained_weights(init_from), source=str(init_from))
     trainset = ClassificationSet(ds, ids, info["labels"], cfg["training"],
                                  seed=cfg["training"]["seed"])
     meta = {"config": cfg, "variant": variant, "classes": list(ds.classes),
             "skipped_no_foreground": skipped}
+    if init_from is not None:
+        meta["init_from"] = str(init_from)
     return fit(method, trainset, cfg["training"], out_dir, meta, device, stop_after=stop_after)
+
+
+def _trained_weights(path: str | os.PathLike) -> dict[str, Any]:
+    if not Path(path).is_file():
+        raise ConfigError(f"init_from {path}: no such classifier file")
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    if not isinstance(state, dict) or "method" not in state:
+        raise ConfigError(f"init_from {path}: not a classifier file (no 'method' weights)")
+    return state["method"]

@@ -91,7 +91,7 @@ def plugin_files() -> list[Path]:
     return files
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _scan(plugins: tuple[Path, ...]) -> dict[str, dict[str, Component]]:
     found: dict[str, list[tuple[Any, Component]]] = {k: [] for k in KINDS}
     sources = [(p, _module_name(p)) for p in sorted(PACKAGE_ROOT.rglob("*.py"))]

@@ -199,6 +199,20 @@ class CamReader(_Reader):
         cam = g["cam_lowres" if lowres else "cam"][()].astype(np.float32)
         return cam, g["keys"][()]
 
+    def has_seg(self, image_id: str) -> bool:
+        """Whether the image has `seg` predictions (CAMs of a method with a segmentation head)."""
+        return image_id in self.file and "seg" in self.file[image_id]
+
+    def get_seg(self, image_id: str) -> np.ndarray:
+        """(C+1)×H×W float32 class probabilities of one image (background plane first)."""
+        if image_id not in self.file:
+            raise StoreError(f"{self.path}: image id '{image_id}' is missing")
+        g = self.file[image_id]
+        if "seg" not in g:
+            raise StoreError(f"{self.path}: image id '{image_id}' has no 'seg' predictions "
+                             f"(method '{self.attr('method')}' has no segmentation head)")
+        return g["seg"][()].astype(np.float32)
+
 
 class LabelReader(_Reader):
     kind = "labels"

@@ -2,7 +2,7 @@
 
 speed: training throughput (images/s over `--steps` steps after one warm-up step, data loading
 included) and prediction throughput on the val split without and with the dense CRF.
-run: a full `segment.train` on the pseudo-labels, `predict` of val and train with and without
+run: a full DeepLab `train` on the pseudo-labels, `predict` of val and train with and without
 CRF, the mIoU of each and the wall times. `--set key=value` overrides the deeplab block
 (dotted keys, YAML values), e.g. --set training.lr=0.05 --set model.rates=[2,4,6,8].
 
@@ -25,9 +25,10 @@ from typing import Any
 import torch
 import yaml
 
-from wsss import segment
 from wsss.data.transforms import SegmentationSet
 from wsss.data.voc import VocDataset
+from wsss.deeplab.predict import predict
+from wsss.deeplab.training import DeepLab, train
 from wsss.evaluate import evaluate_labels
 from wsss.store import LabelMap, LabelWriter
 from wsss.train import StepSampler, seed_everything
@@ -76,7 +77,7 @@ def speed(ds: VocDataset, labels: Path, block: dict[str, Any], threads: int, ste
     training = block["training"]
     ids = ds.ids("train")
     seed_everything(0)
-    method = segment.DeepLab(block, ds.num_classes)
+    method = DeepLab(block, ds.num_classes)
     method.build_optimizers(training)
     method.train()
     trainset = SegmentationSet(ds, ids, LabelMap(labels, ids), training, seed=0)
@@ -102,7 +103,7 @@ def speed(ds: VocDataset, labels: Path, block: dict[str, Any], threads: int, ste
                     "classes": list(ds.classes)}, weights)
         for crf in (False, True):
             out_crf = tmp / "crf.h5" if crf else None
-            s = segment.predict(weights, ds, "val", block, tmp / "val.h5", out_crf, "cpu",
+            s = predict(weights, ds, "val", block, tmp / "val.h5", out_crf, "cpu",
                                 threads)
             print(f"predict{' + CRF' if crf else ''}: {s['images_per_second']:.1f} images/s "
                   f"({s['images']} images, scales {block['inference']['scales']}, "
@@ -112,14 +113,14 @@ def speed(ds: VocDataset, labels: Path, block: dict[str, Any], threads: int, ste
 def run(ds: VocDataset, labels: Path, block: dict[str, Any], threads: int, out: Path) -> None:
     torch.set_num_threads(threads)
     t0 = time.time()
-    weights = segment.train(ds, "train", labels, block, out, "cpu")
+    weights = train(ds, "train", labels, block, out, "cpu")
     train_s = time.time() - t0
     print(f"train: {train_s:.1f} s ({json.dumps(block['model'])}; "
           f"{json.dumps(block['training'])})")
     for split in ("val", "train"):
         plain, refined = out / f"{split}.h5", out / f"{split}_crf.h5"
         t0 = time.time()
-        segment.predict(weights, ds, split, block, plain, refined, "cpu", threads)
+        predict(weights, ds, split, block, plain, refined, "cpu", threads)
         pred_s = time.time() - t0
         mious = [100 * evaluate_labels(p, ds, split, threads)["miou"] for p in (plain, refined)]
         print(f"{split}: mIoU {mious[0]:.2f}, with CRF {mious[1]:.2f} "

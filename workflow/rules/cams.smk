@@ -7,7 +7,7 @@ rule cams:
     input:
         classifier=rules.train_classifier.output,
         index=rules.dataset_index.output,
-        code=code("cams.py"),
+        code=method_code("cams"),
     params:
         block=method_block,
         dataset=DATASET_JSON,

@@ -8,12 +8,14 @@ rule train_classifier:
         f"{RESULTS}/{{variant}}/classifier.pt",
     input:
         index=rules.dataset_index.output,
-        code=method_code,
+        init_from=init_from_input,
+        code=method_code("train"),
     params:
         block=method_block,
         dataset=DATASET_JSON,
         split=config["dataset"]["train_split"],
         device=config["device"],
+        init_from=init_from_arg,
     threads: CPU_THREADS
     resources:
         gpu=1,
@@ -28,4 +30,4 @@ rule train_classifier:
     shell:
         "wsss train --dataset {params.dataset:q} --index {input.index} --split {params.split}"
         " --variant {wildcards.variant} --config {params.block:q} --device {params.device}"
-        " --threads {threads} --out $(dirname {output}) > {log} 2>&1"
+        " {params.init_from} --threads {threads} --out $(dirname {output}) > {log} 2>&1"

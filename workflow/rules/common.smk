@@ -1,4 +1,5 @@
 # Helpers shared by the stage rules: config lookups, wildcard constraints, target lists.
+import functools
 import json
 import re
 import os
@@ -11,6 +12,22 @@ _bin = str(Path(sys.executable).parent)
 os.environ.update(PATH=os.pathsep.join([_bin, os.environ.get("PATH", "")]))
 # HDF5 file locks fail on many cluster file systems; readers and writers here never share a file
 os.environ.update(HDF5_USE_FILE_LOCKING="FALSE")
+# the registry, the import graph and the schema are torch-free: read at parse time from src/
+sys.path.insert(0, str(Path(workflow.basedir) / "src"))
+from wsss import registry  # noqa: E402
+from wsss.errors import ConfigError  # noqa: E402
+from wsss.imports import source_files  # noqa: E402
+from wsss.schema import validate_config  # noqa: E402
+
+# a researcher's own component files join the registry (and every job's environment)
+_plugins = [str(Path(p).resolve()) for p in config.get("plugins", [])]
+_plugins += [p for p in os.environ.get(registry.PLUGINS_ENV, "").split(os.pathsep) if p]
+if _plugins:
+    os.environ[registry.PLUGINS_ENV] = os.pathsep.join(dict.fromkeys(_plugins))
+try:
+    validate_config(config, Path(workflow.basedir) / "workflow" / "schemas" / "config.schema.yaml")
+except ConfigError as err:
+    raise WorkflowError(f"config.yaml: {err}")
 
 DATASET = config["dataset"]["name"]
 RESULTS = f"results/{DATASET}"
@@ -63,12 +80,32 @@ def _check_config():
             if refiner not in refiners:
                 config_error(f"run.deeplab: ['{variant}', '{refiner}']: '{refiner}' is not a key "
                              f"of refiners: ({sorted(refiners)})")
+    for variant, block in methods.items():
+        method_components(variant)  # unknown methods or bases stop here, the key named
+        other, seen = block.get("init_from"), [variant]
+        while other:
+            if other not in methods:
+                config_error(f"methods.{seen[-1]}.init_from: '{other}' is not a key of methods: "
+                             f"({sorted(methods)})")
+            if other in seen:
+                config_error(f"methods.{variant}.init_from: a cycle ({' -> '.join(seen + [other])})")
+            seen.append(other)
+            other = methods[other].get("init_from")
+    for variant in run["variants"]:
+        key = (f"run.variant_refiners.{variant}" if variant in run["variant_refiners"]
+               else "run.refiners")
+        for r in refiners_for(variant):
+            if refiner_kind(r).get("needs_seg_head"):
+                method = method_components(variant)[0]
+                if not method.get("seg_head"):
+                    config_error(f"{key}: refiner '{r}' (kind {refiner_kind(r).name}) needs a "
+                                 f"method with a segmentation head; variant '{variant}' "
+                                 f"(method {method.name}) has none")
     if config["report"]["example_split"] not in run["splits"]:
         config_error(f"report.example_split: '{config['report']['example_split']}' is not one "
                      f"of run.splits ({run['splits']}), whose labels the grid shows")
 
 
-_check_config()
 
 
 def dataset_block() -> dict:
@@ -86,41 +123,73 @@ def method_block(wildcards) -> str:
     return as_json(config["methods"][wildcards.variant])
 
 
-PLUGIN_METHODS = ("hsc", "dscnet")  # methods added onto a base method (wsss/methods/plugin.py)
+def method_components(variant: str) -> list:
+    """The registry components a variant's classifier is built from: its method and, for a
+    plug-in method, the chain of bases its block names."""
+    block = config["methods"][variant]
+    key = f"methods.{variant}.method"
+    comp = registry.component("method", block["method"], key)
+    chain = [comp]
+    while comp.get("plugin"):
+        sub = comp.get("block")
+        base = registry.settings("method", comp.name, block.get(sub)).get("base")
+        comp = registry.component("method", base, f"methods.{variant}.{sub}.base")
+        chain.append(comp)
+    return chain
 
 
-def method_code(wildcards) -> list[str]:
-    """Source files a variant's classifier depends on: the shared ones, its method's module and,
-    for a plug-in method, the plug-in machinery and its base's module (an HSC edit leaves the
-    baseline and DSCNet be)."""
-    block = config["methods"][wildcards.variant]
-    name = block["method"]
-    modules = ["train.py", "methods/base.py", "models/backbones.py", "data/transforms.py"]
-    if name in PLUGIN_METHODS:
-        base = (block.get(name) or {}).get("base", "seam")
-        modules += ["methods/plugin.py", "methods/contrast.py", f"methods/{name}.py"]
-        name = base
-    if name != "baseline":
-        modules.append(f"methods/{name}.py")
-    return code(*modules)
+def code(*entries: str) -> list[str]:
+    """Source files of a stage, as inputs: its entry modules and everything they import
+    (wsss.imports), so editing any module a stage runs reruns it and nothing else."""
+    return _code(tuple(entries))
+
+
+@functools.cache
+def _code(entries: tuple[str, ...]) -> list[str]:
+    return source_files(entries)
+
+
+def method_code(command: str):
+    """Input function: the code of a variant's stage `command` (wsss.cli.<command>) plus its
+    method modules (an HSC edit leaves the baseline be)."""
+
+    def inputs(wildcards):
+        mods = [c.module for c in method_components(wildcards.variant)]
+        return code(f"wsss.cli.{command}", *mods)
+
+    return inputs
+
+
+def init_from_input(wildcards) -> list[str]:
+    """The classifier a variant starts from (`init_from:`), a DAG edge."""
+    other = config["methods"][wildcards.variant].get("init_from")
+    return [f"{RESULTS}/{other}/classifier.pt"] if other else []
+
+
+def init_from_arg(wildcards, input) -> str:
+    return f"--init-from {input.init_from}" if input.init_from else ""
 
 
 def refiner_block(wildcards) -> str:
     return as_json(config["refiners"][wildcards.refiner])
 
 
-# Settings a learned refiner reads only in its random walk (the refine_learned job); editing them
-# must neither remake its training labels nor retrain its network.
-WALK_KEYS = {
-    "psa": ("beta", "logt", "bg_alpha", "inference"),
-    "irn": ("radius", "beta", "exp_times", "bg_threshold", "inference"),
-}
+def refiner_kind(name: str):
+    """The registry component of a refiner variant's kind."""
+    return registry.component("refiner", config["refiners"][name]["refiner"],
+                              f"refiners.{name}.refiner")
+
+
+def walk_keys(name: str) -> tuple:
+    """Settings a learned refiner reads only in its random walk (the refine_learned job, not
+    its labels or network): declared `walk_keys` in the kind's REGISTER."""
+    return tuple(refiner_kind(name).get("walk_keys", ()))
 
 
 def refiner_train_block(wildcards) -> str:
     """A learned refiner's block without its walk settings: what its network depends on."""
     block = config["refiners"][wildcards.refiner]
-    walk = WALK_KEYS[block["refiner"]]
+    walk = walk_keys(wildcards.refiner)
     return as_json({k: v for k, v in block.items() if k not in walk})
 
 
@@ -128,12 +197,17 @@ def refiner_label_block(wildcards) -> str:
     """A learned refiner's block without its network settings: what its training labels use,
     so a change to the network's training does not remake the labels."""
     block = config["refiners"][wildcards.refiner]
-    skip = ("training", *WALK_KEYS[block["refiner"]])
+    skip = ("training", *walk_keys(wildcards.refiner))
     return as_json({k: v for k, v in block.items() if k not in skip})
 
 
 def refiners_of(kind: str) -> list[str]:
     return [n for n, r in config["refiners"].items() if r["refiner"] == kind]
+
+
+def refiners_where(capability: str, value=True) -> list[str]:
+    """Refiner variants whose kind declares `capability` (e.g. learned)."""
+    return [n for n in config["refiners"] if bool(refiner_kind(n).get(capability)) == value]
 
 
 def one_of(names) -> str:
@@ -142,15 +216,10 @@ def one_of(names) -> str:
     return "|".join(map(re.escape, names)) if names else "(?!)"
 
 
-def code(*modules: str) -> list[str]:
-    """Source files of a stage, as inputs: editing its code reruns that stage."""
-    return [str(Path(workflow.basedir) / "src" / "wsss" / m) for m in modules]
-
-
 def crf_inputs(wildcards) -> dict:
     inputs = {
         "cams": f"{RESULTS}/{wildcards.variant}/cams/{wildcards.split}.h5",
-        "code": code("refine/crf.py"),
+        "code": code("wsss.cli.crf"),
     }
     bg = config["refiners"][wildcards.refiner]["bg"]
     if bg["mode"] == "constant" and bg["threshold"] == "best":
@@ -162,14 +231,10 @@ def seeds_eval_arg(wildcards, input) -> str:
     return f"--seeds-eval {input.seeds_eval}" if "seeds_eval" in input.keys() else ""
 
 
-def refiner_code(*modules: str):
-    """Input function: the refiner kind's own module plus `modules` (a PSA edit leaves IRN be)."""
-
-    def inputs(wildcards):
-        kind = config["refiners"][wildcards.refiner]["refiner"]
-        return code(f"refine/{kind}.py", *modules)
-
-    return inputs
+def refiner_code(wildcards) -> list[str]:
+    """A refiner stage's code: the refine command and its kind's module (a PSA edit leaves IRN
+    be)."""
+    return code("wsss.cli.refine", refiner_kind(wildcards.refiner).module)
 
 
 def refiners_for(variant: str) -> list[str]:
@@ -199,13 +264,24 @@ def deeplab_targets(suffix: str = ".eval.json") -> list[str]:
             for s in config["deeplab"]["splits"] for kind in DEEPLAB_KINDS]
 
 
+def label_splits(refiner: str) -> list[str]:
+    """Splits a refiner labels: run.splits, and for a single-stage method's own predictions
+    (a kind that reads the segmentation head) also the splits DeepLab is judged on (val):
+    that is such a method's final number."""
+    splits = list(config["run"]["splits"])
+    if refiner_kind(refiner).get("needs_seg_head"):
+        splits += [s for s in config["deeplab"]["splits"] if s not in splits]
+    return splits
+
+
 def evaluation_targets() -> list[str]:
     run = config["run"]
     out = []
     for v in run["variants"]:
         for s in run["splits"]:
             out.append(f"{RESULTS}/{v}/cams/{s}.eval.json")
-            out += [f"{RESULTS}/{v}/{r}/labels/{s}.eval.json" for r in refiners_for(v)]
+        for r in refiners_for(v):
+            out += [f"{RESULTS}/{v}/{r}/labels/{s}.eval.json" for s in label_splits(r)]
     return out + deeplab_targets()
 
 
@@ -218,7 +294,8 @@ def diagnostic_targets() -> list[str]:
     for v in run["variants"]:
         for s in run["splits"]:
             out.append(f"{RESULTS}/{v}/cams/{s}.failure_modes.json")
-            out += [f"{RESULTS}/{v}/{r}/labels/{s}.failure_modes.json" for r in refiners_for(v)]
+        for r in refiners_for(v):
+            out += [f"{RESULTS}/{v}/{r}/labels/{s}.failure_modes.json" for s in label_splits(r)]
     return out
 
 
@@ -261,10 +338,9 @@ def training_logs() -> list[tuple[str, str, str]]:
         logs.append((f"{v}: classifier", f"{RESULTS}/{v}/train_log.csv",
                      f"{RESULTS}/{v}/classifier.pt"))
         for r in refiners_for(v):
-            kind = config["refiners"][r]["refiner"]
-            if kind in WALK_KEYS:
-                name = {"psa": "affinity", "irn": "irn"}[kind]
-                logs.append((f"{v}: {r}", f"{RESULTS}/{v}/{r}/{name}.log.csv",
+            kind = refiner_kind(r)
+            if kind.get("learned"):
+                logs.append((f"{v}: {r}", f"{RESULTS}/{v}/{r}/{kind.get('network_log')}.log.csv",
                              f"{RESULTS}/{v}/{r}/network.pt"))
     for v, r in deeplab_pairs():
         logs.append((f"{v}: DeepLab ({r})", f"{RESULTS}/{v}/{r}/deeplab/deeplab.log.csv",
@@ -277,3 +353,6 @@ REPORT_FIGURES = {  # the mIoU bar chart is the summary rule's summary.png
     "examples": f"{RESULTS}/report/examples.png",
     "curves": f"{RESULTS}/report/training_curves.png",
 }
+
+
+_check_config()

@@ -6,7 +6,7 @@ rule synthetic_data:
     output:
         directory(f"{RESULTS}/data/voc"),
     input:
-        code("data/synthetic.py"),
+        code("wsss.cli.synthetic"),
     params:
         generator=as_json(config["dataset"]["synthetic"]),
     threads: CPU_THREADS
@@ -26,7 +26,7 @@ rule dataset_index:
         f"{RESULTS}/data/index.json",
     input:
         data=rules.synthetic_data.output if config["dataset"]["kind"] == "synthetic" else [],
-        code=code("data/voc.py", "data/index.py"),
+        code=code("wsss.cli.index"),
     params:
         dataset=DATASET_JSON,
         splits=" ".join(config["dataset"]["splits"]),

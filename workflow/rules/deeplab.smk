@@ -8,8 +8,7 @@ rule deeplab_train:
         f"{RESULTS}/{{variant}}/{{refiner}}/deeplab/deeplab.pt",
     input:
         labels=f"{RESULTS}/{{variant}}/{{refiner}}/labels/{TRAIN_SPLIT}.h5",
-        code=code("segment.py", "models/deeplab.py", "models/backbones.py", "train.py",
-                  "data/transforms.py", "methods/base.py"),
+        code=code("wsss.cli.deeplab_train"),
     params:
         block=deeplab_train_block,
         dataset=DATASET_JSON,
@@ -39,7 +38,7 @@ rule deeplab_predict:
         crf=f"{RESULTS}/{{variant}}/{{refiner}}/deeplab/pred_crf/{{split}}.h5",
     input:
         weights=f"{RESULTS}/{{variant}}/{{refiner}}/deeplab/deeplab.pt",
-        code=code("segment.py", "models/deeplab.py", "refine/crf.py"),
+        code=code("wsss.cli.deeplab_predict"),
     params:
         block=as_json(config["deeplab"]),
         dataset=DATASET_JSON,
@@ -66,7 +65,7 @@ rule evaluate_deeplab:
         f"{RESULTS}/{{variant}}/{{refiner}}/deeplab/{{kind}}/{{split}}.eval.json",
     input:
         labels=f"{RESULTS}/{{variant}}/{{refiner}}/deeplab/{{kind}}/{{split}}.h5",
-        code=code("evaluate.py", "metrics.py"),
+        code=code("wsss.cli.evaluate"),
     params:
         dataset=DATASET_JSON,
         stage=lambda wildcards: f"deeplab_{wildcards.refiner}{DEEPLAB_KINDS[wildcards.kind]}",

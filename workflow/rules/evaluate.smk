@@ -7,7 +7,7 @@ rule evaluate_seeds:
         f"{RESULTS}/{{variant}}/cams/{{split}}.eval.json",
     input:
         cams=f"{RESULTS}/{{variant}}/cams/{{split}}.h5",
-        code=code("evaluate.py", "metrics.py"),
+        code=code("wsss.cli.evaluate"),
     params:
         dataset=DATASET_JSON,
         evaluation=as_json(config["evaluation"]),
@@ -32,7 +32,7 @@ rule failure_modes:
     input:
         cams=f"{RESULTS}/{{variant}}/cams/{{split}}.h5",
         seeds_eval=f"{RESULTS}/{{variant}}/cams/{{split}}.eval.json",
-        code=code("diagnostics.py"),
+        code=code("wsss.cli.diagnose"),
     params:
         dataset=DATASET_JSON,
     resources:
@@ -54,7 +54,7 @@ rule failure_modes_labels:
         f"{RESULTS}/{{variant}}/{{refiner}}/labels/{{split}}.failure_modes.json",
     input:
         labels=f"{RESULTS}/{{variant}}/{{refiner}}/labels/{{split}}.h5",
-        code=code("diagnostics.py"),
+        code=code("wsss.cli.diagnose"),
     params:
         dataset=DATASET_JSON,
     resources:
@@ -76,7 +76,7 @@ rule evaluate_labels:
         f"{RESULTS}/{{variant}}/{{refiner}}/labels/{{split}}.eval.json",
     input:
         labels=f"{RESULTS}/{{variant}}/{{refiner}}/labels/{{split}}.h5",
-        code=code("evaluate.py", "metrics.py"),
+        code=code("wsss.cli.evaluate"),
     params:
         dataset=DATASET_JSON,
     threads: CPU_THREADS

@@ -31,7 +31,7 @@ rule refine_crf:
 
 # Learned refiners (PSA, IRN): training labels from the CAMs of the training split, a network
 # trained once per (CAM variant, refiner variant), then pseudo-labels for each evaluated split.
-LEARNED = refiners_of("psa") + refiners_of("irn")
+LEARNED = refiners_where("learned")
 TRAIN_SPLIT = config["dataset"]["train_split"]
 
 
@@ -40,7 +40,7 @@ rule refiner_train_labels:
         f"{RESULTS}/{{variant}}/{{refiner}}/train_labels/{{split}}.h5",
     input:
         cams=f"{RESULTS}/{{variant}}/cams/{{split}}.h5",
-        code=refiner_code("refine/crf.py"),
+        code=refiner_code,
     params:
         block=refiner_label_block,
         dataset=DATASET_JSON,
@@ -68,7 +68,7 @@ rule refiner_train:
     input:
         labels=f"{RESULTS}/{{variant}}/{{refiner}}/train_labels/{TRAIN_SPLIT}.h5",
         classifier=f"{RESULTS}/{{variant}}/classifier.pt",
-        code=refiner_code("refine/features.py", "train.py"),
+        code=refiner_code,
     params:
         block=refiner_train_block,
         dataset=DATASET_JSON,
@@ -99,7 +99,7 @@ rule refine_learned:
     input:
         cams=f"{RESULTS}/{{variant}}/cams/{{split}}.h5",
         weights=f"{RESULTS}/{{variant}}/{{refiner}}/network.pt",
-        code=refiner_code("refine/randomwalk.py"),
+        code=refiner_code,
     params:
         block=refiner_block,
         dataset=DATASET_JSON,
@@ -121,3 +121,36 @@ rule refine_learned:
         "wsss refine --dataset {params.dataset:q} --cams {input.cams} --split {wildcards.split}"
         " --config {params.block:q} --weights {input.weights} --device {params.device}"
         " --threads {threads} --out {output} > {log} 2>&1"
+
+
+# Refiner kinds that need no network of their own and read only the CAM store (a single-stage
+# method's segmentation head: its `seg` predictions become pseudo-labels like any refiner's).
+DIRECT = [r for r in refiners_where("learned", False) if r not in refiners_of("crf")]
+
+
+rule refine_direct:
+    output:
+        f"{RESULTS}/{{variant}}/{{refiner}}/labels/{{split}}.h5",
+    input:
+        cams=f"{RESULTS}/{{variant}}/cams/{{split}}.h5",
+        code=refiner_code,
+    params:
+        block=refiner_block,
+        dataset=DATASET_JSON,
+        device=config["device"],
+    wildcard_constraints:
+        refiner=one_of(DIRECT),
+    threads: CPU_THREADS
+    resources:
+        mem_mb=4000,
+        runtime=120,
+    log:
+        f"{LOGS}/refine_direct/{{variant}}/{{refiner}}/{{split}}.log",
+    benchmark:
+        f"{BENCH}/refine_direct/{{variant}}/{{refiner}}/{{split}}.tsv"
+    conda:
+        ENV
+    shell:
+        "wsss refine --dataset {params.dataset:q} --cams {input.cams} --split {wildcards.split}"
+        " --config {params.block:q} --device {params.device} --threads {threads}"
+        " --out {output} > {log} 2>&1"

@@ -10,7 +10,7 @@ rule summary:
     input:
         evals=evaluation_targets(),
         diagnostics=diagnostic_targets(),
-        code=code("report.py", "figures.py"),
+        code=code("wsss.cli.summary"),
     params:
         title=f"WSSS results on {DATASET}",
     localrule: True
@@ -39,7 +39,7 @@ rule report_figures:
         examples=example_inputs(),
         trained=[out for _, _, out in training_logs()],
         index=rules.dataset_index.output,
-        code=code("figures.py"),
+        code=code("wsss.cli.figures"),
     params:
         dataset=DATASET_JSON,
         columns=as_json(example_columns()),

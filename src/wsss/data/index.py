@@ -7,12 +7,12 @@ broken file stops the workflow here, with its id in the message, instead of hour
 from __future__ import annotations
 
 import json
-import multiprocessing
 import os
 from pathlib import Path
 from typing import Any
 
 from wsss.data.voc import DatasetError, VocDataset
+from wsss.ops.pool import ordered_map
 from wsss.store import write_json
 
 _worker_ds: VocDataset | None = None
@@ -58,35 +58,23 @@ def build_index(ds: VocDataset, splits: list[str], threads: int = 1) -> dict[str
         "splits": {},
     }
     threads = max(1, int(threads))
-    pool = None
-    if threads > 1:
-        pool = multiprocessing.get_context().Pool(threads, _init_worker, (ds,))
-    else:
-        _init_worker(ds)
-    try:
-        for split in splits:
-            ids = ds.ids(split)
-            if not ids:
-                raise DatasetError(f"{ds.root / ds.splits[split]}: split '{split}' is empty")
-            if pool is None:
-                results = map(_check_one, ids)
-            else:
-                results = pool.imap(_check_one, ids, chunksize=_chunksize(len(ids), threads))
-            labels: dict[str, list[int]] = {}
-            sizes: dict[str, list[int]] = {}
-            for image_id, image_labels, size in results:
-                labels[image_id] = image_labels
-                sizes[image_id] = size
-            index["splits"][split] = {
-                "ids": ids,
-                "labels": labels,
-                "sizes": sizes,
-                "no_foreground": [i for i in ids if not labels[i]],
-            }
-    finally:
-        if pool is not None:
-            pool.terminate()
-            pool.join()
+    for split in splits:
+        ids = ds.ids(split)
+        if not ids:
+            raise DatasetError(f"{ds.root / ds.splits[split]}: split '{split}' is empty")
+        results = ordered_map(_check_one, ids, threads, _init_worker, (ds,),
+                              _chunksize(len(ids), threads))
+        labels: dict[str, list[int]] = {}
+        sizes: dict[str, list[int]] = {}
+        for image_id, image_labels, size in results:
+            labels[image_id] = image_labels
+            sizes[image_id] = size
+        index["splits"][split] = {
+            "ids": ids,
+            "labels": labels,
+            "sizes": sizes,
+            "no_foreground": [i for i in ids if not labels[i]],
+        }
     return index
 
 

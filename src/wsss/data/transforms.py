@@ -2,6 +2,8 @@
 
 Training augmentation draws from a generator seeded by (seed, epoch, index), so a sample's
 augmentation does not depend on the worker that loads it or on whether the run was resumed.
+Further views of a sample (`views` k > 1) draw from children of that seed (spawn key = the
+view's number), so the first view is the one a single-view run sees.
 """
 
 from __future__ import annotations
@@ -66,6 +68,17 @@ def random_crop(image: np.ndarray, size: int, rng: np.random.Generator,
     return out, lab
 
 
+def center_crop(image: np.ndarray, size: int) -> np.ndarray:
+    """The centred size×size window of a C×H×W array, zero-padded (centred) where smaller."""
+    c, h, w = image.shape
+    out = np.zeros((c, size, size), dtype=image.dtype)
+    top, left = max(0, (h - size) // 2), max(0, (w - size) // 2)
+    oy, ox = max(0, (size - h) // 2), max(0, (size - w) // 2)
+    ch, cw = min(h, size), min(w, size)
+    out[:, oy : oy + ch, ox : ox + cw] = image[:, top : top + ch, left : left + cw]
+    return out
+
+
 class _TrainingImages(torch.utils.data.Dataset):
     """Decoded training images of a dataset, indexed by (index, epoch)."""
 
@@ -86,7 +99,15 @@ class _TrainingImages(torch.utils.data.Dataset):
 
 
 class ClassificationSet(_TrainingImages):
-    """Images with multi-hot labels for classifier training."""
+    """Images with multi-hot labels for classifier training.
+
+    A key (index, epoch) gives `image` (3×S×S, S = crop_size), `label` (C,) and `index`. With
+    `views` k > 1 in `aug`, also `views` (k×3×S×S): k independently augmented crops of the
+    image, the first of which is `image`. A key (index, epoch, index_u), as
+    `wsss.train.StepSampler` yields for `unaugmented_batch`, adds the second batch's sample:
+    `image_u` (image index_u resized to a long side of S, centred and padded to S×S: no random
+    resize, flip, jitter or crop), `label_u` and `index_u`.
+    """
 
     def __init__(self, dataset, ids: Sequence[str], labels: dict[str, list[int]],
                  aug: dict[str, Any], seed: int):
@@ -94,10 +115,29 @@ class ClassificationSet(_TrainingImages):
         self.labels = labels
         self.num_classes = dataset.num_classes
 
-    def __getitem__(self, key: tuple[int, int]) -> dict[str, Any]:
-        index, epoch = key
+    def __getitem__(self, key: tuple[int, ...]) -> dict[str, Any]:
+        index, epoch = key[:2]
         image_id = self.ids[index]
-        rng = np.random.default_rng([self.seed, epoch, index])
+        image = self._augment(image_id, np.random.default_rng([self.seed, epoch, index]))
+        sample = {"image": torch.from_numpy(image), "label": self._label(image_id),
+                  "index": index}
+        views = int(self.aug.get("views", 1))
+        if views > 1:
+            crops = [image] + [
+                self._augment(image_id, np.random.default_rng(
+                    np.random.SeedSequence([self.seed, epoch, index], spawn_key=(v,))))
+                for v in range(1, views)
+            ]
+            sample["views"] = torch.from_numpy(np.stack(crops))
+        if len(key) == 3:
+            index_u = key[2]
+            size = self.aug["crop_size"]
+            plain = resize_long(self._image(self.ids[index_u]), size)
+            sample.update(image_u=torch.from_numpy(center_crop(normalize(plain), size)),
+                          label_u=self._label(self.ids[index_u]), index_u=index_u)
+        return sample
+
+    def _augment(self, image_id: str, rng: np.random.Generator) -> np.ndarray:
         image = self._image(image_id)
         lo, hi = self.aug["resize_long"]
         image = resize_long(image, int(rng.integers(lo, hi + 1)))
@@ -105,10 +145,12 @@ class ClassificationSet(_TrainingImages):
             image = image[:, ::-1]
         if self.aug["color_jitter"] > 0:
             image = color_jitter(image, self.aug["color_jitter"], rng)
-        image = random_crop(normalize(image), self.aug["crop_size"], rng)
+        return random_crop(normalize(image), self.aug["crop_size"], rng)
+
+    def _label(self, image_id: str) -> torch.Tensor:
         label = np.zeros(self.num_classes, dtype=np.float32)
         label[self.labels[image_id]] = 1.0
-        return {"image": torch.from_numpy(image), "label": torch.from_numpy(label), "index": index}
+        return torch.from_numpy(label)
 
 
 def resize_label(label: np.ndarray, size: tuple[int, int]) -> np.ndarray:

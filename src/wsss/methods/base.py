@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from wsss import registry
-from wsss.errors import MethodError
+from wsss.errors import ConfigError, MethodError
 from wsss.models.backbones import build_backbone, freeze_batchnorm
 from wsss.train import Trainable
 
@@ -67,8 +67,10 @@ class Method(Trainable):
     """Base class of every WSSS method variant.
 
     Subclasses build their networks in `__init__`, list parameters in `param_groups`, and
-    implement `training_step` (forward, loss, `self.optimize(loss)`) and `cams`. The training
-    contract (`wsss.train.Trainable`) owns optimizers, schedule hooks and device handling.
+    implement `training_step` (forward, loss, `self.optimize(loss)`) and `cams`; `begin` for
+    warm-ups and ramps, `init_from` for starting from another variant. The training contract
+    (`wsss.train.Trainable`) owns optimizers, schedule hooks and device handling; state beyond
+    the weights (teachers, banks) goes in the state_dict (`wsss.train.EMA`, `wsss.train.FIFO`).
     """
 
     registry_name = ""
@@ -88,6 +90,24 @@ class Method(Trainable):
         """(B, C+1, h, w) segmentation logits of a method with a segmentation head (declared
         `seg_head` in its REGISTER); methods without one do not override this."""
         raise NotImplementedError(f"{type(self).__name__} has no segmentation head")
+
+    # -- training -------------------------------------------------------------------------
+    def init_from(self, state_dict: dict[str, Any], source: str = "the given weights") -> int:
+        """Start from another variant's trained weights (`init_from:`): load every entry of
+        `state_dict` whose name and shape match one of this method's tensors, leave the rest
+        as initialised, and return how many were loaded. A ConfigError naming `source` when
+        none matches. Methods with a teacher copy the loaded student into it afterwards."""
+        own = self.state_dict()
+        match = {k: v for k, v in state_dict.items()
+                 if torch.is_tensor(v) and torch.is_tensor(own.get(k)) and v.shape == own[k].shape}
+        if not match:
+            raise ConfigError(f"init_from {source}: none of its {len(state_dict)} entries matches "
+                              f"a tensor of {type(self).__name__} by name and shape")
+        self.load_state_dict(match, strict=False)
+        log.info("init_from %s: loaded %d tensors, skipped %d of its %d; %d of %d of %s's "
+                 "left as initialised", source, len(match), len(state_dict) - len(match),
+                 len(state_dict), len(own) - len(match), len(own), type(self).__name__)
+        return len(match)
 
 
 @dataclass
@@ -139,6 +159,11 @@ class BackboneMethod(Method):
     def stride(self) -> int:
         return int(self.cfg["backbone"]["output_stride"])
 
+    @property
+    def trunk(self) -> nn.Module:
+        """The backbone, saved on its own in the classifier file (its `backbone` entry)."""
+        return self.backbone
+
     # A method that can serve as a plug-in's base (wsss.methods.plugin.BASES) also defines
     #   view_losses(images, labels, scale=None) -> (its loss terms, "loss" their weighted
     #       total; its views of the batch), `scale` asking for a downscaled second view where
@@ -188,11 +213,8 @@ class BaselineCAM(BackboneMethod):
         return {"loss": cls, "cls": cls}, views
 
     def training_step(self, batch: dict[str, torch.Tensor], step: int) -> dict[str, float]:
-        (opt,) = self.optimizers
         terms, _ = self.view_losses(batch["image"], batch["label"].float())
-        opt.zero_grad(set_to_none=True)
-        terms["loss"].backward()
-        opt.step()
+        self.optimize(terms["loss"])
         return {"loss": terms["loss"].item()}
 
     @torch.no_grad()

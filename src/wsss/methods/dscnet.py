@@ -3,7 +3,7 @@
 A plug-in (`wsss.methods.plugin`) on SEAM or the CAM baseline (`dscnet.base`). No code was
 published; the paper's section III leaves most of the model open and several of its equations
 (5, 8, 9, 10) are ambiguous or dimensionally inconsistent, so the reading below is ours. Every
-choice has a config key in the `dscnet:` block (defaults in `DEFAULTS`).
+choice has a config key in the `dscnet:` block (defaults in the schema of `REGISTER`).
 
 Where. DSCNet works on the base's first view only (the crop): its features `feat` (B, D, h, w),
 last backbone stage, and the map the base infers from, `pseudo` (SEAM: the PCM-revised CAM;
@@ -108,26 +108,43 @@ from torch import nn
 from wsss.methods.base import View, register
 from wsss.methods.contrast import cosine, masked_average_pool, multi_positive_nce, unit
 from wsss.methods.plugin import PluginMethod
-from wsss.methods.seam import image_cells
+from wsss.methods.seam import image_cells  # the padding-free cells of a zero-padded batch
 
-EPS = 1e-6
-
-DEFAULTS: dict[str, Any] = {
-    "base": "seam",
-    "alpha": 0.6,
-    "beta": 0.4,
-    "ce_weight": 1.0,
-    "tau": 0.1,
-    "attention_tau": 0.1,
-    "embed_dim": 128,
-    "kmeans_iterations": 10,
-    "background_group": True,
-    "bg_threshold": 0.15,
-    "infer_from": "refined",
-    "components": {"pgcl": True, "sgcl": True, "fusion": True},
-    "view_scale": None,
+# The registry's declaration, read without importing torch. `schema` is the `dscnet:` block of a
+# method; its defaults (every one ours) are the only place they are written.
+REGISTER = {
+    "kind": "method", "name": "dscnet", "block": "dscnet", "base": False, "plugin": True,
+    "order": 3,
+    "schema": {
+        "description": "DSCNet's settings (method dscnet); every default is ours "
+                       "(wsss/methods/dscnet.py)",
+        "type": "object", "additionalProperties": False,
+        "properties": {
+            "base": {"$ref": "#/$defs/plugin_base", "default": "seam"},
+            "alpha": {"type": "number", "minimum": 0, "default": 0.6},
+            "beta": {"type": "number", "minimum": 0, "default": 0.4},
+            "ce_weight": {"type": "number", "minimum": 0, "default": 1.0},
+            "tau": {"type": "number", "exclusiveMinimum": 0, "default": 0.1},
+            "attention_tau": {"type": "number", "exclusiveMinimum": 0, "default": 0.1},
+            "embed_dim": {"type": "integer", "minimum": 1, "default": 128},
+            "kmeans_iterations": {"type": "integer", "minimum": 1, "default": 10},
+            "background_group": {"type": "boolean", "default": True},
+            "bg_threshold": {"description": "constant background score of the groups' class "
+                                            "weights; null = 1 - max fg",
+                             "type": ["number", "null"], "minimum": 0, "maximum": 1,
+                             "default": 0.15},
+            "infer_from": {"enum": ["refined", "base"], "default": "refined"},
+            "view_scale": {"type": ["number", "null"], "exclusiveMinimum": 0,
+                           "exclusiveMaximum": 1, "default": None},
+            "components": {"type": "object", "additionalProperties": False, "properties": {
+                "pgcl": {"type": "boolean", "default": True},
+                "sgcl": {"type": "boolean", "default": True},
+                "fusion": {"type": "boolean", "default": True}}},
+        },
+    },
 }
-INFER_FROM = ("refined", "base")
+EPS = 1e-6
+INFER_FROM = tuple(REGISTER["schema"]["properties"]["infer_from"]["enum"])
 
 
 # -- pure pieces ---------------------------------------------------------------------------------
@@ -269,19 +286,16 @@ def image_groups(emb: torch.Tensor, scores: torch.Tensor, classes: torch.Tensor,
 
 
 # -- the method ------------------------------------------------------------------------------
-@register("dscnet")
+@register(REGISTER["name"])
 class DSCNet(PluginMethod):
     """Projector, pixel groups, class nodes, dual-stream fusion and a refined CAM classifier on
     top of SEAM or the CAM baseline; see the module doc."""
-
-    block = "dscnet"
-    DEFAULTS = DEFAULTS
 
     def __init__(self, cfg: dict[str, Any], num_classes: int):
         super().__init__(cfg, num_classes)
         s = self.settings
         if s["infer_from"] not in INFER_FROM:
-            raise ValueError(f"dscnet.infer_from: choose one of {list(INFER_FROM)}, "
+            raise ValueError(f"{self.block}.infer_from: choose one of {list(INFER_FROM)}, "
                              f"got {s['infer_from']!r}")
         d, e = self.feat_dim, int(s["embed_dim"])
         self.projector = nn.Sequential(nn.Conv2d(d, e, 1), nn.ReLU(inplace=True),

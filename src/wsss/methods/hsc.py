@@ -15,7 +15,7 @@ normalised per channel (`seam.max_norm`), multiplied by the image labels: that i
 w; a constant background plane `bg_threshold` in front (channel 0, SEAM's convention here; HSC's
 EPS code puts it last), argmax -> 0 background, c + 1 = class c. With CRF (Table 4's CRF† and
 CRF columns) the labels of both views are refined by the label CRF of IRN/PSA
-(`wsss.refine.irn.label_crf`, unary gt_prob on the labelled plane over all C + 1 planes, as
+(`wsss.ops.densecrf.label_crf`, unary gt_prob on the labelled plane over all C + 1 planes, as
 HSC's `n_labels=21`) on the de-normalised second-view image at the contrast grid, for both views.
 
   rsc (eq. 3–5)   per image, masked averages of u1 over ROI (label != 0) and background cells;
@@ -32,7 +32,7 @@ HSC's `n_labels=21`) on the de-normalised second-view image at the contrast grid
 Each level's loss is the mean over the two views of its one-view formula. The log reports the
 unweighted levels ("rsc", "csc", "psc") and the plug-in total gamma · (sum) under "hsc".
 
-Config block `hsc:` (every key optional; defaults in DEFAULTS):
+Config block `hsc:` (every key optional; defaults in REGISTER's schema):
   base          seam | baseline: the method HSC is plugged into (built from the same config).
   gamma         weight of the HSC sum in eq. 1 (paper: 0.1).
   tau           temperature of every InfoNCE (paper: 0.1).
@@ -86,10 +86,9 @@ shared/notes/reference-implementations.md §4):
 - The CRF image is the second view resized to the contrast grid (bilinear, align_corners=True),
   de-normalised, rounded and clipped to uint8 (HSC's code truncates).
 - CRF work runs in a persistent fork pool of `torch.get_num_threads()` processes (pydensecrf
-  holds the GIL), one chunk of images per worker and step; identical (image, labels) pairs, such
-  as both views agreeing, are refined once. The pool lives at module level, not in the module,
-  so the method stays picklable and deep-copyable. The workers run numpy and pydensecrf only,
-  never torch, so forking a process whose CUDA or OpenMP state is initialised is safe.
+  holds the GIL), one chunk of images per worker and step (`hsc_crf`); identical (image, labels)
+  pairs, such as both views agreeing, are refined once. The pool lives in `wsss.ops.pool`, not
+  in the module, so the method stays picklable and deep-copyable.
 
 Measured on the embedded benchmark (tiny backbone from scratch, config.yaml's schedule; train
 split, seeds / seeds + CRF mIoU %, training seed 0 unless said; overlays
@@ -111,233 +110,106 @@ bank (momentum 0.1, the usual EMA reading of lambda: PSC + CSC collapses, 16.1) 
 
 from __future__ import annotations
 
-import atexit
-import multiprocessing
-from multiprocessing.pool import Pool
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from wsss.data.transforms import MEAN, STD
 from wsss.errors import MethodError
 from wsss.methods.base import View, register
-from wsss.methods.contrast import (
-    PrototypeBank,
-    cosine,
-    info_nce,
-    masked_average_pool,
-    topk_pool,
-    unit,
+from wsss.methods.contrast import PrototypeBank, unit
+from wsss.methods.hsc_crf import crf_refine, crf_workers, to_uint8
+from wsss.methods.hsc_losses import (
+    activations,
+    batch_prototypes,
+    class_representations,
+    csc_loss,
+    psc_loss,
+    pseudo_labels,
+    roi_representations,
+    rsc_loss,
+    with_background,
 )
 from wsss.methods.plugin import PluginMethod
-from wsss.methods.seam import max_norm, resize
+from wsss.methods.seam import resize
 
-DEFAULTS: dict[str, Any] = {
-    "base": "seam",
-    "gamma": 0.1,
-    "tau": 0.1,
-    "momentum": 0.9,
-    "k_c": 16,
-    "k_p": 32,
-    "proj1_dim": 256,
-    "proj2_dim": 128,
-    "bg_threshold": 0.10,
-    "view_scale": None,
-    "components": {"psc": True, "csc": True, "rsc": True, "cross": True, "mpl": True},
-    "crf": {
-        "psc": True,
-        "rsc_csc": True,
-        "gt_prob": 0.7,
-        "iterations": 10,
-        "gaussian": {"sxy": 3, "compat": 3},
-        "bilateral": {"sxy": 50, "srgb": 5, "compat": 10},
+REGISTER = {
+    "kind": "method",
+    "name": "hsc",
+    "block": "hsc",
+    "base": False,
+    "plugin": True,
+    "order": 2,
+    "schema": {
+        "description": "HSC's settings (method hsc), wsss/methods/hsc.py",
+        "type": "object",
+        "additionalProperties": False,
+        "properties": {
+            "base": {"$ref": "#/$defs/plugin_base", "default": "seam"},
+            "gamma": {"type": "number", "minimum": 0, "default": 0.1},
+            "tau": {"type": "number", "exclusiveMinimum": 0, "default": 0.1},
+            "momentum": {"type": "number", "exclusiveMinimum": 0, "maximum": 1, "default": 0.9},
+            "k_c": {"type": "integer", "minimum": 1, "default": 16},
+            "k_p": {"type": "integer", "minimum": 1, "default": 32},
+            "proj1_dim": {"type": "integer", "minimum": 1, "default": 256},
+            "proj2_dim": {"type": "integer", "minimum": 1, "default": 128},
+            "bg_threshold": {
+                "description": "constant background score of the pseudo-labels; "
+                               "null = 1 - max fg",
+                "type": ["number", "null"],
+                "minimum": 0,
+                "maximum": 1,
+                "default": 0.10,
+            },
+            "view_scale": {"type": ["number", "null"], "exclusiveMinimum": 0,
+                           "exclusiveMaximum": 1, "default": None},
+            "components": {
+                "type": "object",
+                "additionalProperties": False,
+                "properties": {
+                    "psc": {"type": "boolean", "default": True},
+                    "csc": {"type": "boolean", "default": True},
+                    "rsc": {"type": "boolean", "default": True},
+                    "cross": {"type": "boolean", "default": True},
+                    "mpl": {"type": "boolean", "default": True},
+                },
+            },
+            "crf": {
+                "type": "object",
+                "additionalProperties": False,
+                "properties": {
+                    "psc": {"type": "boolean", "default": True},
+                    "rsc_csc": {"type": "boolean", "default": True},
+                    "gt_prob": {"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 1,
+                                "default": 0.7},
+                    "iterations": {"type": "integer", "minimum": 1, "default": 10},
+                    # inline, not the refiners' kernel blocks: HSC's defaults are its own
+                    "gaussian": {
+                        "type": "object",
+                        "additionalProperties": False,
+                        "properties": {
+                            "sxy": {"type": "number", "exclusiveMinimum": 0, "default": 3},
+                            "compat": {"type": "number", "minimum": 0, "default": 3},
+                        },
+                    },
+                    "bilateral": {
+                        "type": "object",
+                        "additionalProperties": False,
+                        "properties": {
+                            "sxy": {"type": "number", "exclusiveMinimum": 0, "default": 50},
+                            "srgb": {"type": "number", "exclusiveMinimum": 0, "default": 5},
+                            "compat": {"type": "number", "minimum": 0, "default": 10},
+                        },
+                    },
+                },
+            },
+        },
     },
 }
-COMPONENTS = ("psc", "csc", "rsc", "cross", "mpl")
-SIM_CLAMP = 5e-4  # HSC's SimMinLoss keeps log(1 - cos) finite and away from log(1)
-# Selected cells get at least this weight, so that a top-k whose only candidates have zero
-# activation still averages those candidates, not the filler cells topk_pool picks after them.
-MIN_WEIGHT = 1e-8
-
-
-# -- pseudo labels ------------------------------------------------------------------------------
-
-@torch.no_grad()
-def activations(pseudo: torch.Tensor, labels: torch.Tensor,
-                size: tuple[int, int]) -> torch.Tensor:
-    """(B, C, *size) activation w: the map resized to `size`, ReLU, per-channel min-max
-    normalised, times the image labels (B, C); detached."""
-    return max_norm(resize(pseudo.detach().float(), size)) * labels[:, :, None, None].float()
-
-
-def with_background(act: torch.Tensor) -> torch.Tensor:
-    """(B, C, h, w) -> (B, C + 1, h, w) with background activation 1 - max foreground first."""
-    return torch.cat([1.0 - act.amax(dim=1, keepdim=True), act], dim=1)
-
-
-@torch.no_grad()
-def pseudo_labels(act: torch.Tensor, bg_threshold: float | None) -> torch.Tensor:
-    """(B, h, w) argmax of a background plane and the activations: 0 background, c + 1 class c;
-    ties go to the background (the first plane). The plane is the constant `bg_threshold`, or
-    with None SEAM's own 1 - max foreground (a cell is foreground where its top class is above
-    0.5)."""
-    if bg_threshold is None:
-        return with_background(act).argmax(dim=1)
-    bg = torch.full_like(act[:, :1], float(bg_threshold))
-    return torch.cat([bg, act], dim=1).argmax(dim=1)
-
-
-# -- CRF refinement -------------------------------------------------------------------------------
-
-_POOLS: dict[int, Pool] = {}
-
-
-def _crf_pool(workers: int) -> Pool:
-    pool = _POOLS.get(workers)
-    if pool is None:
-        import wsss.refine.irn  # noqa: F401  (imported before the fork: workers start warm)
-
-        pool = multiprocessing.get_context("fork").Pool(workers)
-        _POOLS[workers] = pool
-    return pool
-
-
-@atexit.register
-def _close_pools() -> None:
-    for pool in _POOLS.values():
-        pool.terminate()
-    _POOLS.clear()
-
-
-def _crf_chunk(chunk: tuple[int, dict[str, Any], list[tuple[np.ndarray, np.ndarray]]]
-               ) -> list[np.ndarray]:
-    # imported here: wsss.refine.irn pulls in the trainer and the stores, which the method
-    # itself does not need unless the CRF is on
-    from wsss.refine.irn import label_crf
-
-    n, crf, items = chunk
-    return [np.asarray(label_crf(image, planes, n, crf), dtype=np.int64)
-            for image, planes in items]
-
-
-def crf_workers() -> int:
-    """Processes for the CRF: one per intra-op thread torch was given (`--threads`)."""
-    return max(1, torch.get_num_threads())
-
-
-def crf_refine(images: list[np.ndarray], planes: list[np.ndarray], n: int,
-               crf: dict[str, Any], workers: int) -> list[np.ndarray]:
-    """Label CRF of each (uint8 H×W×3 image, int H×W label planes 0..n-1) pair, in order.
-
-    With several workers and items, one contiguous chunk per worker goes to the persistent
-    fork pool (a task per worker keeps the IPC to one round trip per step)."""
-    items = list(zip(images, planes, strict=True))
-    if workers <= 1 or len(items) <= 1:
-        return _crf_chunk((n, crf, items))
-    bounds = np.linspace(0, len(items), min(workers, len(items)) + 1).round().astype(int)
-    chunks = [(n, crf, items[a:b]) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
-    results = _crf_pool(workers).map(_crf_chunk, chunks, chunksize=1)
-    return [label for part in results for label in part]
-
-
-def to_uint8(images: torch.Tensor) -> np.ndarray:
-    """(B, 3, H, W) ImageNet-normalised -> (B, H, W, 3) uint8, rounded and clipped."""
-    mean = torch.as_tensor(MEAN, device=images.device)[:, None, None]
-    std = torch.as_tensor(STD, device=images.device)[:, None, None]
-    pixels = ((images.detach().float() * std + mean) * 255.0).round().clamp(0, 255)
-    return pixels.to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
-
-
-# -- ROI level ------------------------------------------------------------------------------------
-
-def roi_representations(u1: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor,
-                                                                         torch.Tensor]:
-    """(r_o, r_b) of eq. 3: per image the mean of u1 (B, D, h, w) over its ROI (label != 0) and
-    its background cells; images with an empty mask are left out of either."""
-    masks = torch.stack([labels != 0, labels == 0], dim=1).to(u1.dtype)
-    pooled, has = masked_average_pool(u1, masks)
-    return pooled[:, 0][has[:, 0]], pooled[:, 1][has[:, 1]]
-
-
-def rsc_loss(r_o: torch.Tensor, r_b: torch.Tensor) -> torch.Tensor:
-    """F_rsc of eq. 4 over all (ROI, background) pairs, cosine clamped to [5e-4, 1 - 5e-4];
-    0 when either side is empty."""
-    if len(r_o) == 0 or len(r_b) == 0:
-        return r_o.new_zeros(())
-    sim = cosine(r_o, r_b).clamp(SIM_CLAMP, 1.0 - SIM_CLAMP)
-    return -torch.log1p(-sim).mean()
-
-
-# -- class level ----------------------------------------------------------------------------------
-
-def class_representations(u1: torch.Tensor, act: torch.Tensor, image_labels: torch.Tensor,
-                          k: int, candidates: torch.Tensor | None = None
-                          ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(classes (M,), r_c (M, D)) of eq. 6 for the M foreground classes (0-based) in the batch.
-
-    u1 (B, D, h, w), act (B, C, h, w) activations, image_labels (B, C). Per image with class c:
-    the activation-weighted mean of u1 over its top-k cells of act[:, c]; `candidates` (B, h, w)
-    pseudo labels restrict those cells to the ones labelled c + 1 (all cells when none is).
-    """
-    c = act.shape[1]
-    feat = u1.flatten(2).transpose(1, 2)  # (B, N, D)
-    scores = act.flatten(2)  # (B, C, N)
-    if candidates is not None:
-        ids = torch.arange(1, c + 1, device=act.device)
-        allowed = candidates.flatten(1)[:, None, :] == ids[None, :, None]
-        restricted = allowed.any(dim=2, keepdim=True)
-        scores = torch.where(allowed, scores.clamp_min(MIN_WEIGHT),
-                             torch.where(restricted, -1.0, scores))
-    per_image = topk_pool(feat, scores, k)  # (B, C, D)
-    present = (image_labels > 0).to(per_image.dtype)
-    count = present.sum(dim=0)
-    reps = torch.einsum("bc,bcd->cd", present, per_image) / count.clamp_min(1)[:, None]
-    classes = torch.nonzero(count > 0).flatten()
-    return classes, reps[classes]
-
-
-def csc_loss(reps: torch.Tensor, classes: torch.Tensor, prototypes: torch.Tensor,
-             filled: torch.Tensor, tau: float) -> torch.Tensor:
-    """Mean F_csc (eq. 8) of r_c against a bank (K, D) with positive P_c, over the classes
-    whose own prototype is filled; unfilled prototypes leave the denominator. 0 if none."""
-    keep = filled[classes]
-    if not keep.any():
-        return reps.new_zeros(())
-    return info_nce(reps[keep], prototypes, classes[keep], tau, key_mask=filled).mean()
-
-
-# -- pixel level ----------------------------------------------------------------------------------
-
-@torch.no_grad()
-def batch_prototypes(u2: torch.Tensor, act: torch.Tensor, labels: torch.Tensor,
-                     k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(Q (K, D) unit length, available (K,)) of eq. 10, detached.
-
-    u2 (B, D, h, w), act (B, K, h, w) activations of every label 0..K-1 (background included),
-    labels (B, h, w). Q_c is the activation-weighted mean of u2 over the top-k cells of the batch
-    labelled c; a class no cell is labelled with has no prototype (a zero row)."""
-    kk = act.shape[1]
-    feat = u2.detach().permute(0, 2, 3, 1).reshape(-1, u2.shape[1])
-    scores = act.permute(1, 0, 2, 3).reshape(kk, -1)
-    assigned = labels.reshape(1, -1) == torch.arange(kk, device=labels.device)[:, None]
-    scores = torch.where(assigned, scores.clamp_min(MIN_WEIGHT), -1.0)
-    available = assigned.any(dim=1)
-    protos = unit(topk_pool(feat, scores, k)) * available[:, None]
-    return protos, available
-
-
-def psc_loss(u2: torch.Tensor, labels: torch.Tensor, prototypes: torch.Tensor,
-             available: torch.Tensor, tau: float) -> torch.Tensor:
-    """Mean F_psc (eq. 12) over the cells of u2 (B, D, h, w) whose label (B, h, w) has a
-    prototype; prototypes (K, D) without `available` leave the denominator. 0 if no cell."""
-    cells = u2.permute(0, 2, 3, 1).reshape(-1, u2.shape[1])
-    target = labels.reshape(-1)
-    keep = available[target]
-    if not keep.any():
-        return u2.new_zeros(())
-    return info_nce(cells[keep], prototypes, target[keep], tau, key_mask=available).mean()
+COMPONENTS = tuple(REGISTER["schema"]["properties"]["components"]["properties"])
+# the keys of the `crf` block that switch the CRF on per level, not settings of the CRF itself
+CRF_SWITCHES = ("psc", "rsc_csc")
 
 
 # -- the method -----------------------------------------------------------------------------------
@@ -346,9 +218,6 @@ def psc_loss(u2: torch.Tensor, labels: torch.Tensor, prototypes: torch.Tensor,
 class HSC(PluginMethod):
     """The base (SEAM or CAM) with HSC's projectors, banks and three contrast levels; see the
     module doc."""
-
-    block = "hsc"
-    DEFAULTS = DEFAULTS
 
     def __init__(self, cfg: dict[str, Any], num_classes: int):
         super().__init__(cfg, num_classes)
@@ -418,7 +287,7 @@ class HSC(PluginMethod):
                     images.append(pixels[b])
                     todo.append(plane)
                 index.append(slots[key])
-        crf = {k: v for k, v in self.settings["crf"].items() if k not in ("psc", "rsc_csc")}
+        crf = {k: v for k, v in self.settings["crf"].items() if k not in CRF_SWITCHES}
         out = crf_refine(images, todo, self.num_classes + 1, crf, crf_workers())
         refined = torch.from_numpy(np.stack([out[i] for i in index])).to(labels[0].device)
         return list(refined.view(len(planes), *labels[0].shape))

@@ -1,61 +1,69 @@
 """Methods that plug extra heads and losses into a base method (HSC, DSCNet on SEAM or CAM).
 
-A plug-in's config block (`hsc:`, `dscnet:` …) names its base (`base: seam | baseline`); the
-base is built from the same method block, so `seam:` settings apply to `hsc` on SEAM exactly as
-to `seam` alone. One training step runs the base's `view_losses` (its own loss terms and its
-views of the batch: features, CAM, the map it infers from), adds the plug-in's terms computed
-from those views, and steps one SGD optimizer over the base's parameter groups plus the
-plug-in's heads (at `new_layer_lr_mult`, like every new layer).
+A plug-in declares itself in its module's REGISTER (`"plugin": True`, its settings key `block`
+and the JSON-schema of that block, defaults included: the one place they live). Its block names
+its base (`<block>.base`), any method whose REGISTER says `"base": True`; the base is built from
+the same method block, so `seam:` settings apply to a plug-in on SEAM exactly as to `seam` alone.
+One training step runs the base's `view_losses` (its own loss terms and its views of the batch:
+features, CAM, the map it infers from), adds the plug-in's terms computed from those views, and
+steps one SGD optimizer over the base's parameter groups plus the plug-in's heads (at
+`new_layer_lr_mult`, like every new layer).
 
-A base without a second view of its own (the CAM baseline) is given one, the crop downscaled
-by `view_scale` (0.3 unless set), so that cross-view terms have a partner.
+What a base provides (besides being a `Method`): `view_losses(images, labels, scale=None)`,
+`inference_view(images)` (see `wsss.methods.base.BackboneMethod`), `trunk` (its backbone) and,
+when its `view_losses` makes a second view of its own (SEAM), a class attribute
+`second_view = True`. A base without one (the CAM baseline) is given one, the crop downscaled by
+`view_scale` (0.3 unless set), so that cross-view terms have a partner.
 """
 
 from __future__ import annotations
 
-import copy
 from typing import Any
 
 import torch
 from torch import nn
 
+from wsss import registry
 from wsss.errors import MethodError
-from wsss.methods.base import METHODS, Method, View
+from wsss.methods.base import Method, View, method_class
 
-BASES = ("baseline", "seam")
 DEFAULT_VIEW_SCALE = 0.3
 
 
-def merge_settings(defaults: dict[str, Any], given: dict[str, Any] | None) -> dict[str, Any]:
-    """`defaults` deep-copied, with `given` merged in recursively (nested dicts key by key)."""
-    out = copy.deepcopy(defaults)
-    for key, value in (given or {}).items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = merge_settings(out[key], value)
-        else:
-            out[key] = copy.deepcopy(value)
-    return out
+def base_names() -> list[str]:
+    """The methods declared able to serve as a plug-in's base, in registry order."""
+    return [name for name, comp in registry.components("method").items() if comp.get("base")]
 
 
 class PluginMethod(Method):
-    """Base class of plug-in methods. Subclasses set `block` and `DEFAULTS`, build their heads
-    in `__init__` (after this one), list them in `heads`, and implement `plugin_losses`."""
+    """Base class of plug-in methods. Subclasses build their heads in `__init__` (after this
+    one), list them in `heads`, and implement `plugin_losses`; their block name and defaults come
+    from their REGISTER (found under the name they are registered with)."""
 
     block = ""
-    DEFAULTS: dict[str, Any] = {}
 
     def __init__(self, cfg: dict[str, Any], num_classes: int):
         super().__init__(cfg, num_classes)
-        self.settings = merge_settings(self.DEFAULTS, cfg.get(self.block))
+        declared = registry.component("method", self.registry_name)
+        self.block = declared.get("block") or declared.name
+        self.settings = registry.merge_defaults(registry.defaults(declared.schema),
+                                                cfg.get(self.block))
+        key = f"{self.block}.base"
         base = self.settings.get("base")
-        if base not in BASES:
-            raise MethodError(f"{self.block}.base: unknown base method '{base}'; "
-                              f"choose one of {list(BASES)}")
-        self.base = METHODS[base](cfg, num_classes)
+        bases = base_names()
+        if base not in bases:
+            raise MethodError(f"{key}: {base!r} cannot serve as a base method; "
+                              f"choose one of {bases}")
+        self.base = method_class(base, key=key)(cfg, num_classes)
+
+    @property
+    def trunk(self) -> nn.Module:
+        """The backbone the plug-in's heads read: its base's."""
+        return self.base.trunk
 
     @property
     def feat_dim(self) -> int:
-        return self.base.backbone.out_channels
+        return self.trunk.out_channels
 
     def heads(self) -> list[nn.Module]:
         """The plug-in's own layers (trained at the new-layer learning rate)."""
@@ -70,7 +78,7 @@ class PluginMethod(Method):
     def view_scale(self) -> float | None:
         """Scale of the second view: the base's own (None) unless the base has none."""
         scale = self.settings.get("view_scale")
-        if scale is None and self.settings["base"] == "baseline":
+        if scale is None and not getattr(self.base, "second_view", False):
             return DEFAULT_VIEW_SCALE
         return scale
 
@@ -97,11 +105,8 @@ class PluginMethod(Method):
         return out
 
     def training_step(self, batch: dict[str, torch.Tensor], step: int) -> dict[str, float]:
-        (opt,) = self.optimizers
         terms = self.losses(batch["image"], batch["label"].float(), step)
-        opt.zero_grad(set_to_none=True)
-        terms["loss"].backward()
-        opt.step()
+        self.optimize(terms["loss"])
         return {k: float(v.detach()) for k, v in terms.items()}
 
     @torch.no_grad()

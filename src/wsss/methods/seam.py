@@ -41,7 +41,6 @@ small for large images (each image counts twice with flip).
 
 from __future__ import annotations
 
-import copy
 import math
 from typing import Any
 
@@ -49,15 +48,47 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from wsss import registry
 from wsss.methods.base import BackboneMethod, View, register, second_view_size
 
-DEFAULTS: dict[str, Any] = {
-    "scale": 0.3,
-    "dropout": 0.5,
-    "weights": {"cls": 1.0, "er": 1.0, "ecr": 1.0, "rvmin": 1.0},
-    "ecr_top": 0.2,
-    "min_pool_ratio": 0.25,
-    "min_cells": 8,
+# The registry's declaration, read without importing torch. `schema` is the `seam:` block of a
+# method; its defaults (SEAM's own, `min_cells` ours) are the only place they are written.
+REGISTER = {
+    "kind": "method",
+    "name": "seam",
+    "block": "seam",
+    "base": True,
+    "plugin": False,
+    "order": 1,
+    "schema": {
+        "description": "SEAM's settings (method seam); defaults are SEAM's (wsss/methods/seam.py)",
+        "type": "object",
+        "additionalProperties": False,
+        "properties": {
+            "scale": {"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 1,
+                      "default": 0.3},
+            "dropout": {"type": "number", "minimum": 0, "exclusiveMaximum": 1, "default": 0.5},
+            "weights": {
+                "type": "object",
+                "additionalProperties": False,
+                "properties": {
+                    "cls": {"type": "number", "minimum": 0, "default": 1.0},
+                    "er": {"type": "number", "minimum": 0, "default": 1.0},
+                    "ecr": {"type": "number", "minimum": 0, "default": 1.0},
+                    "rvmin": {"type": "number", "minimum": 0, "default": 1.0},
+                },
+            },
+            "ecr_top": {"type": "number", "exclusiveMinimum": 0, "maximum": 1, "default": 0.2},
+            "min_pool_ratio": {"type": "number", "exclusiveMinimum": 0, "maximum": 1,
+                               "default": 0.25},
+            "min_cells": {
+                "description": "smallest side of the second view in feature cells (ours; 8)",
+                "type": "integer",
+                "minimum": 1,
+                "default": 8,
+            },
+        },
+    },
 }
 EPS = 1e-5
 PCM_LOW, PCM_MID, PCM_OUT = 64, 128, 192  # SEAM's widths for the two stages and the projection
@@ -65,11 +96,8 @@ PCM_LOW, PCM_MID, PCM_OUT = 64, 128, 192  # SEAM's widths for the two stages and
 
 def seam_settings(cfg: dict[str, Any]) -> dict[str, Any]:
     """The method block's `seam` sub-block with SEAM's defaults for every key left out."""
-    given = cfg.get("seam") or {}
-    out = copy.deepcopy(DEFAULTS)
-    out.update({k: v for k, v in given.items() if k != "weights"})
-    out["weights"].update(given.get("weights") or {})
-    return out
+    return registry.merge_defaults(registry.defaults(REGISTER["schema"]),
+                                   cfg.get(REGISTER["block"]))
 
 
 def resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -166,9 +194,11 @@ def ecr_loss(target: torch.Tensor, revised: torch.Tensor, top: float) -> torch.T
     return torch.topk(diff, k, dim=1).values.mean()
 
 
-@register("seam")
+@register(REGISTER["name"])
 class SEAM(BackboneMethod):
     """Backbone, Dropout2d, 1×1 classifier to C+1 channels and the PCM; see the module doc."""
+
+    second_view = True  # view_losses makes its own downscaled view (wsss.methods.plugin)
 
     def __init__(self, cfg: dict[str, Any], num_classes: int):
         super().__init__(cfg, num_classes)
@@ -257,11 +287,8 @@ class SEAM(BackboneMethod):
         return terms, [view1, view2]
 
     def training_step(self, batch: dict[str, torch.Tensor], step: int) -> dict[str, float]:
-        (opt,) = self.optimizers
         terms = self.losses(batch["image"], batch["label"].float())
-        opt.zero_grad(set_to_none=True)
-        terms["loss"].backward()
-        opt.step()
+        self.optimize(terms["loss"])
         return {k: v.item() for k, v in terms.items()}
 
     @torch.no_grad()

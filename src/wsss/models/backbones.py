@@ -18,6 +18,12 @@ from torchvision.models.resnet import BasicBlock, ResNet
 
 from wsss.errors import BackboneError
 
+# the registry's declaration (read without importing torch); the builders register below
+REGISTER = [
+    {"kind": "backbone", "name": "tiny", "order": 0},
+    {"kind": "backbone", "name": "resnet50", "order": 1},
+    {"kind": "backbone", "name": "resnet101", "order": 2},
+]
 BACKBONES: dict[str, Callable[..., Backbone]] = {}
 
 

@@ -35,7 +35,12 @@ from torch import nn
 from wsss.errors import ConfigError
 from wsss.models.backbones import Backbone, build_backbone
 
-ARCHS = ("deeplabv2", "deeplabv3", "largefov")
+REGISTER = [  # the registry's declaration (read without importing torch)
+    {"kind": "deeplab_arch", "name": "deeplabv2", "order": 0},
+    {"kind": "deeplab_arch", "name": "deeplabv3", "order": 1},
+    {"kind": "deeplab_arch", "name": "largefov", "order": 2},
+]
+ARCHS = tuple(d["name"] for d in REGISTER)
 V3_WIDTH = 256  # DeepLab-v3's ASPP branch width
 LARGEFOV_WIDTH = 1024  # fc6 / fc7 of DeepLab-LargeFOV
 

@@ -1,23 +1,22 @@
-"""Refiners: CAMs -> pseudo-labels. `crf` needs no training; `psa` and `irn` train a network.
+"""Refiners: CAMs -> pseudo-labels. Each refiner kind is one module that declares itself in
+`wsss.registry` (kind "refiner"; `learned` when it trains a network).
 
-A learned refiner is a module with three stage functions:
-`make_labels(cam_path, ds, split, cfg, out_path, threads)` (its training labels from CAMs),
-`train(ds, split, label_path, cfg, classifier_path, out_dir, device) -> weights path`, and
-`refine(cam_path, ds, split, cfg, weights_path, out_path, device, threads)`.
+Every kind provides `refine(cam_path, ds, split, cfg, weights_path, out_path, device, threads)`
+(kinds without a network ignore `weights_path` and `device`). A learned kind also provides
+`make_labels(cam_path, ds, split, cfg, out_path, threads)` (its training labels from CAMs) and
+`train(ds, split, label_path, cfg, classifier_path, out_path, device) -> out_path` (its network,
+written to `out_path`; checkpoint and log next to it). What the learned kinds share is in
+`wsss.refine.learned`.
 """
 
 from __future__ import annotations
 
-import importlib
 from types import ModuleType
 
-from wsss.errors import ConfigError
-
-LEARNED_REFINERS = {"psa": "wsss.refine.psa", "irn": "wsss.refine.irn"}
+from wsss import registry
 
 
 def refiner_module(name: str) -> ModuleType:
-    if name not in LEARNED_REFINERS:
-        choices = sorted(LEARNED_REFINERS)
-        raise ConfigError(f"unknown learned refiner '{name}'; choose one of {choices}")
-    return importlib.import_module(LEARNED_REFINERS[name])
+    """The module of the refiner kind `name`, imported through the registry; a ConfigError
+    naming the `refiner` key and the declared kinds when there is none."""
+    return registry.load(registry.component("refiner", name, "refiner"))

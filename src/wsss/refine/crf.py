@@ -2,11 +2,12 @@
 
 CAM planes are turned into label scores with a background plane in front, the CRF smooths
 them along image edges, and the argmax becomes a uint8 label map (0 bg, k + 1 = class k).
+The CRF itself is `wsss.ops.densecrf`; this module is the refiner stage around it, and the
+CRF steps the learned refiners apply to their walks' scores.
 """
 
 from __future__ import annotations
 
-import copy
 import json
 import logging
 import os
@@ -15,58 +16,61 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from wsss.refine.pool import write_labels
+from wsss import registry
+from wsss.errors import ConfigError
+from wsss.ops.densecrf import DEFAULT_CRF, PROB_FLOOR, crf_params, dense_crf, label_crf
+from wsss.refine.pool import plane_labels, write_labels
 
 if TYPE_CHECKING:
     from wsss.data.voc import VocDataset
 
-DEFAULT_CRF: dict[str, Any] = {
-    "iterations": 10,
-    "gaussian": {"sxy": 3, "compat": 3},
-    "bilateral": {"sxy": 80, "srgb": 13, "compat": 10},
+# the primitives stay importable from here for callers of the refiner stage
+__all__ = ["DEFAULT_CRF", "PROB_FLOOR", "cam_probs", "crf_labels", "crf_params", "crf_task",
+           "dense_crf", "label_crf_labels", "refine", "run_crf", "score_crf_labels", "settings"]
+
+REGISTER = {
+    "kind": "refiner",
+    "name": "crf",
+    "learned": False,
+    "walk_keys": [],
+    "needs_seg_head": False,
+    "order": 0,
+    "schema": {
+        "description": "dense CRF on the CAMs (wsss/refine/crf.py)",
+        "type": "object",
+        "additionalProperties": False,
+        "properties": {
+            "bg": {
+                "description": "background plane of the CRF unary: constant threshold (\"best\" "
+                               "= the best threshold of the seed sweep) or (1 - max CAM)^alpha",
+                "type": "object",
+                "additionalProperties": False,
+                "default": {},
+                "properties": {
+                    "mode": {"enum": ["constant", "power"], "default": "constant"},
+                    "threshold": {
+                        "oneOf": [{"const": "best"},
+                                  {"type": "number", "minimum": 0, "maximum": 1}],
+                        "default": "best",
+                    },
+                    "alpha": {"type": "number", "exclusiveMinimum": 0, "default": 16},
+                },
+            },
+            "iterations": {"type": "integer", "minimum": 1, "default": 10},
+            "gaussian": {"$ref": "#/$defs/crf_kernel_gaussian",
+                         "default": {"sxy": 3, "compat": 3}},
+            "bilateral": {"$ref": "#/$defs/crf_kernel_bilateral",
+                          "default": {"sxy": 80, "srgb": 13, "compat": 10}},
+        },
+    },
 }
 
-# -log(1e-5) ~ 11.5 caps the unary so that a zero probability is a strong, not infinite, vote.
 log = logging.getLogger(__name__)
-PROB_FLOOR = 1e-5
 
 
-def crf_params(params: dict[str, Any] | None) -> dict[str, Any]:
-    """`params` completed with DEFAULT_CRF values for every key it leaves out."""
-    params = params or {}
-    out = copy.deepcopy(DEFAULT_CRF)
-    out["iterations"] = int(params.get("iterations", out["iterations"]))
-    for kernel in ("gaussian", "bilateral"):
-        out[kernel].update(params.get(kernel) or {})
-    return out
-
-
-def dense_crf(image: np.ndarray, probs: np.ndarray, params: dict[str, Any]) -> np.ndarray:
-    """Mean-field marginals (L×H×W float32) of a dense CRF on `image` with unary -log(probs).
-
-    `probs` need not sum to one per pixel: scaling a pixel's scores by a constant shifts all its
-    unaries equally, which the mean-field update (a softmax) ignores.
-    """
-    import pydensecrf.densecrf as dcrf
-
-    image = np.ascontiguousarray(image, dtype=np.uint8)
-    if not image.flags.writeable:  # pydensecrf's Cython signature rejects read-only buffers
-        image = image.copy()
-    probs = np.asarray(probs, dtype=np.float32)
-    if image.ndim != 3 or image.shape[2] != 3:
-        raise ValueError(f"image must be H×W×3, got {image.shape}")
-    if probs.ndim != 3 or probs.shape[1:] != image.shape[:2]:
-        raise ValueError(f"probabilities {probs.shape} do not match image {image.shape}")
-    p = crf_params(params)
-    n, h, w = probs.shape
-    unary = -np.log(np.clip(probs, PROB_FLOOR, 1.0)).reshape(n, -1)
-    crf = dcrf.DenseCRF2D(w, h, n)
-    crf.setUnaryEnergy(np.ascontiguousarray(unary, dtype=np.float32))
-    g, b = p["gaussian"], p["bilateral"]
-    crf.addPairwiseGaussian(sxy=g["sxy"], compat=g["compat"])
-    crf.addPairwiseBilateral(sxy=b["sxy"], srgb=b["srgb"], rgbim=image, compat=b["compat"])
-    q = crf.inference(p["iterations"])
-    return np.asarray(q, dtype=np.float32).reshape(n, h, w)
+def settings(cfg: dict[str, Any] | None) -> dict[str, Any]:
+    """The CRF refiner block `cfg` completed with the REGISTER schema's defaults."""
+    return registry.merge_defaults(registry.defaults(REGISTER["schema"]), cfg)
 
 
 def cam_probs(cams: np.ndarray, bg: dict[str, Any]) -> np.ndarray:
@@ -105,17 +109,18 @@ def crf_labels(
     if keys.size == 0:
         return np.zeros(np.shape(image)[:2], dtype=np.uint8)
     q = dense_crf(image, cam_probs(cams, bg), params)
-    label_of_plane = np.concatenate([[0], keys + 1]).astype(np.uint8)
-    return label_of_plane[q.argmax(axis=0)]
+    return plane_labels(keys, q.argmax(axis=0))
 
 
 def _effective_config(cfg: dict[str, Any], threshold: float | None) -> dict[str, Any]:
-    if not cfg.get("bg"):
-        raise ValueError("CRF config needs a 'bg' block ({'mode': 'constant' | 'power', ...})")
+    cfg = settings(cfg)
     bg = dict(cfg["bg"])
     # The sweep's best threshold only means something for a constant background score.
     if threshold is not None and bg.get("mode") == "constant":
         bg["threshold"] = float(threshold)
+    if bg.get("mode") == "constant" and bg.get("threshold") == "best":
+        raise ConfigError("bg.threshold 'best' needs the seed sweep's best threshold "
+                          "(`wsss crf --seeds-eval`, or `threshold`)")
     return {"bg": bg, **crf_params(cfg)}
 
 
@@ -131,10 +136,11 @@ def run_crf(
 ) -> None:
     """Refine every CAM of `split` with a dense CRF and write the labels to `out_path`.
 
-    `cfg` is the refiner block ({"bg", "iterations", "gaussian", "bilateral"}); `threshold`
-    replaces a constant background threshold and is ignored for the "power" mode. The CAM
-    file must cover the split's ids with the dataset's class list; on any error no output
-    file is left behind. `seeds_eval`: a seed evaluation whose best threshold is `threshold`.
+    `cfg` is the refiner block ({"bg", "iterations", "gaussian", "bilateral"}, defaults from
+    REGISTER); `threshold` replaces a constant background threshold and is ignored for the
+    "power" mode. The CAM file must cover the split's ids with the dataset's class list; on any
+    error no output file is left behind. `seeds_eval`: a seed evaluation whose best threshold is
+    `threshold`.
     """
     if seeds_eval is not None:
         threshold = json.loads(Path(seeds_eval).read_text())["best_threshold"]
@@ -142,6 +148,14 @@ def run_crf(
     effective = _effective_config(cfg, threshold)
     cam_probs(np.zeros((0, 1, 1), np.float32), effective["bg"])  # fail early on a bad bg block
     write_labels(cam_path, ds, split, crf_task, effective, out_path, threads, "crf")
+
+
+def refine(cam_path: str | os.PathLike, ds: VocDataset, split: str, cfg: dict[str, Any],
+           weights_path: str | os.PathLike | None, out_path: str | os.PathLike,
+           device: Any, threads: int, seeds_eval: str | os.PathLike | None = None) -> None:
+    """The refiner-kind entry point (`wsss.refine.refiner_module`): `run_crf`. The CRF has no
+    network, so `weights_path` and `device` are ignored."""
+    run_crf(cam_path, ds, split, cfg, out_path, threads, seeds_eval=seeds_eval)
 
 
 def crf_task(image: np.ndarray, cams: np.ndarray, keys: np.ndarray,
@@ -160,6 +174,13 @@ def score_crf_labels(image: np.ndarray, scores: np.ndarray, keys: np.ndarray,
     """
     scores = np.clip(np.asarray(scores, dtype=np.float32), 0.0, None)
     probs = scores / np.maximum(scores.sum(axis=0, keepdims=True), PROB_FLOOR)
-    q = dense_crf(image, probs, params)
-    label_of_plane = np.concatenate([[0], np.asarray(keys, np.int64).reshape(-1) + 1])
-    return label_of_plane.astype(np.uint8)[q.argmax(axis=0)]
+    return plane_labels(keys, dense_crf(image, probs, params).argmax(axis=0))
+
+
+def label_crf_labels(image: np.ndarray, scores: np.ndarray, keys: np.ndarray,
+                     crf: dict[str, Any]) -> np.ndarray:
+    """uint8 H×W label: the argmax of (K+1)×H×W scores (background plane first) cleaned by
+    the label CRF (`wsss.ops.densecrf.label_crf`, unary `crf["gt_prob"]` on the argmax plane),
+    the CRF of IRN's relation labels applied to its walk."""
+    planes = label_crf(image, scores.argmax(axis=0), len(keys) + 1, crf)
+    return plane_labels(keys, planes)

@@ -1,4 +1,4 @@
-"""Per-image work of the refiners over pools, and the label files they write.
+"""Per-image work of the refiners over pools (`wsss.ops.pool`), and the label files they write.
 
 pydensecrf holds the GIL, so dense CRFs are spread over processes. `label_stream`: a task is
 (id, cams, keys); the worker loads the image itself (the dataset's `load_image` is picklable) and
@@ -10,7 +10,6 @@ back in task order; `store_labels` writes them.
 from __future__ import annotations
 
 import json
-import multiprocessing
 import os
 import sys
 from collections.abc import Callable, Iterable, Iterator
@@ -19,11 +18,22 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from wsss.ops.pool import background_pool, ordered_map
 from wsss.store import CamReader, LabelWriter, StoreError
+
+IGNORE = 255  # the label of unsure pixels in a learned refiner's training labels
 
 LabelFn = Callable[[np.ndarray, np.ndarray, np.ndarray, dict[str, Any]], np.ndarray]
 # (image, (K+1)×H×W scores, keys, cfg) -> uint8 label: the last step of a random-walk refiner
 ScoreFn = Callable[[np.ndarray, np.ndarray, np.ndarray, dict[str, Any]], np.ndarray]
+
+
+def plane_labels(keys: np.ndarray, planes: np.ndarray) -> np.ndarray:
+    """uint8 labels of plane indices: plane 0 is background (0), plane i > 0 class keys[i-1]
+    (label keys[i-1] + 1)."""
+    label_of_plane = np.concatenate([[0], np.asarray(keys, np.int64).reshape(-1) + 1])
+    return label_of_plane.astype(np.uint8)[planes]
+
 
 # Per-process state of the pool, set once by the initializer instead of pickled with each task.
 _WORKER: dict[str, Any] = {}
@@ -56,17 +66,13 @@ def label_stream(
     Tasks are consumed lazily, so only a few images' CAMs are in flight at a time. `total`
     (number of tasks) only tunes the chunk size.
     """
-    if threads <= 1:
-        _init_worker(load_image, fn, cfg)
-        try:
-            yield from map(_label_one, tasks)
-        finally:
-            _WORKER.clear()
-        return
     # chunks amortise the IPC round trip but stay small enough to keep every worker busy to the end
-    chunksize = max(1, min(8, (total or 0) // (4 * threads)))
-    with multiprocessing.Pool(threads, _init_worker, (load_image, fn, cfg)) as pool:
-        yield from pool.imap(_label_one, tasks, chunksize=chunksize)
+    chunksize = max(1, min(8, (total or 0) // (4 * max(1, threads))))
+    try:
+        yield from ordered_map(_label_one, tasks, threads, _init_worker, (load_image, fn, cfg),
+                               chunksize)
+    finally:
+        _WORKER.clear()  # the inline path set this process's state
 
 
 def write_labels(cam_path: str | os.PathLike, ds, split: str, fn: LabelFn, cfg: dict[str, Any],
@@ -116,36 +122,27 @@ def walk_labels(
     from concurrent.futures import Future, ThreadPoolExecutor
 
     threads = max(1, threads)
-    # All CRF workers are forked here, before the walk threads start (forking a process
-    # whose other threads hold locks is unsafe); they only run numpy and pydensecrf.
-    workers = (multiprocessing.get_context("fork").Pool(threads)
-                if post is not None and threads > 1 else None)
 
     def finish(image: np.ndarray, keys: np.ndarray, walk: Callable[[], Any]) -> np.ndarray:
         scores = walk().float().cpu().numpy()
         if post is None:
-            plane = scores.argmax(axis=0)
-            return np.concatenate([[0], np.asarray(keys) + 1]).astype(np.uint8)[plane]
-        if workers is None:
-            return post(image, scores, keys, cfg)
-        return workers.apply_async(post, (image, scores, keys, cfg)).get()
+            return plane_labels(keys, scores.argmax(axis=0))
+        return workers.submit(post, image, scores, keys, cfg).get()
 
     pending: list[tuple[str, Future]] = []
-    try:
-        with ThreadPoolExecutor(threads) as pool:
-            for image_id, image, keys, walk in jobs:
-                if len(keys) == 0:  # nothing to propagate: all background
-                    done: Future = Future()
-                    done.set_result(np.zeros(image.shape[:2], np.uint8))
-                    pending.append((image_id, done))
-                else:
-                    pending.append((image_id, pool.submit(finish, image, keys, walk)))
-                while len(pending) > 2 * threads:
-                    image_id, future = pending.pop(0)
-                    yield image_id, future.result()
-            for image_id, future in pending:
+    # All CRF workers are forked on entry, before the walk threads start (forking a process
+    # whose other threads hold locks is unsafe); they only run numpy and pydensecrf.
+    with (background_pool(threads if post is not None else 1) as workers,
+          ThreadPoolExecutor(threads) as pool):
+        for image_id, image, keys, walk in jobs:
+            if len(keys) == 0:  # nothing to propagate: all background
+                done: Future = Future()
+                done.set_result(np.zeros(image.shape[:2], np.uint8))
+                pending.append((image_id, done))
+            else:
+                pending.append((image_id, pool.submit(finish, image, keys, walk)))
+            while len(pending) > 2 * threads:
+                image_id, future = pending.pop(0)
                 yield image_id, future.result()
-    finally:
-        if workers is not None:
-            workers.terminate()
-            workers.join()
+        for image_id, future in pending:
+            yield image_id, future.result()

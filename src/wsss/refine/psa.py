@@ -12,12 +12,13 @@ Three stages:
 3. `refine`: per image, affinities on the grid, a random walk of the CAM scores (background
    plane (1 - max CAM)^bg_alpha in front), bilinear upsampling and argmax.
 
-Training labels reach the grid by block majority (see `downsample_labels`).
+Training labels reach the grid by block majority (see `downsample_labels`). Settings and their
+defaults (PSA's code) are the REGISTER schema below; what PSA shares with the other learned
+refiner (training, loading, the walk stage's frame) is `wsss.refine.learned`.
 """
 
 from __future__ import annotations
 
-import copy
 import functools
 import math
 import os
@@ -29,54 +30,64 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from wsss.data.transforms import SegmentationSet, normalize, upsample
-from wsss.methods.base import Method, freeze_batchnorm
-from wsss.models.backbones import Backbone, build_backbone
-from wsss.refine.crf import DEFAULT_CRF, cam_probs, crf_labels, crf_params, score_crf_labels
-from wsss.refine.features import classifier_backbone
-from wsss.refine.pool import store_labels, walk_labels, write_labels
+from wsss.data.transforms import normalize, upsample
+from wsss.models.backbones import Backbone, freeze_batchnorm
+from wsss.refine import learned
+from wsss.refine.crf import cam_probs, crf_labels, score_crf_labels
+from wsss.refine.pool import IGNORE, write_labels
 from wsss.refine.randomwalk import masked_mean, pair_indices, pair_offsets, random_walk
 from wsss.refine.randomwalk import pair_labels as walk_pair_labels
-from wsss.store import CamReader, LabelMap, LabelReader, StoreError
-from wsss.train import fit, pick_device, seed_everything
+from wsss.store import CamReader, StoreError
+from wsss.train import Trainable
 
 if TYPE_CHECKING:
     from wsss.data.voc import VocDataset
 
-IGNORE = 255
 
-DEFAULTS: dict[str, Any] = {
-    "refiner": "psa",
-    "crf_alpha_low": 4,  # PSA infer_cls low_alpha: confident foreground
-    "crf_alpha_high": 32,  # PSA infer_cls high_alpha: confident background
-    "crf": copy.deepcopy(DEFAULT_CRF),
-    "radius": 5,  # pairs closer than this on the feature grid (PSA: 5 at stride 8)
-    "beta": 8,  # affinity ** beta in the transition matrix
-    "logt": 8,  # 2**8 = 256 random-walk steps
-    "bg_alpha": 16,  # background plane (1 - max CAM)^16 at refinement
-    "training": {
-        # PSA train_aff: lr 0.1, batch 8, 8 epochs, crop 448, wd 5e-4, colour jitter 0.3, flip,
-        # no rescaling; resize_long [500, 500] keeps VOC's 500-pixel long sides as they are.
-        "seed": 0,
-        "epochs": 8,
-        "batch_size": 8,
-        "lr": 0.1,
-        "momentum": 0.9,
-        "nesterov": False,
-        "weight_decay": 5.0e-4,
-        "poly_power": 0.9,
-        "new_layer_lr_mult": 10,
-        "crop_size": 448,
-        "resize_long": [500, 500],
-        "hflip": True,
-        "color_jitter": 0.3,
-        "num_workers": 0,
-        "checkpoint_every": 200,
-        "cache_max_images": 2000,
+REGISTER = {
+    "kind": "refiner",
+    "name": "psa",
+    "learned": True,
+    "walk_keys": ["beta", "logt", "bg_alpha", "inference"],
+    "network_log": "affinity",
+    "needs_seg_head": False,
+    "order": 1,
+    "schema": {
+        "description": "PSA / AffinityNet (Ahn & Kwak 2018), wsss/refine/psa.py; defaults: "
+                       "PSA's code",
+        "type": "object",
+        "additionalProperties": False,
+        "properties": {
+            # PSA infer_cls low_alpha / high_alpha: confident foreground / background
+            "crf_alpha_low": {"type": "number", "exclusiveMinimum": 0, "default": 4},
+            "crf_alpha_high": {"type": "number", "exclusiveMinimum": 0, "default": 32},
+            "crf": {"$ref": "#/$defs/refiner_crf",
+                    "default": {"iterations": 10, "gaussian": {"sxy": 3, "compat": 3},
+                                "bilateral": {"sxy": 80, "srgb": 13, "compat": 10}}},
+            # pairs closer than this on the feature grid (PSA: 5 at stride 8)
+            "radius": {"type": "integer", "minimum": 2, "default": 5},
+            # affinity ** beta in the transition matrix
+            "beta": {"type": "number", "exclusiveMinimum": 0, "default": 8},
+            # 2**8 = 256 random-walk steps
+            "logt": {"type": "integer", "minimum": 0, "default": 8},
+            # background plane (1 - max CAM)^16 at refinement
+            "bg_alpha": {"type": "number", "exclusiveMinimum": 0, "default": 16},
+            # PSA train_aff: lr 0.1, batch 8, 8 epochs, crop 448, wd 5e-4, colour jitter 0.3,
+            # flip, no rescaling; resize_long [500, 500] keeps VOC's 500-pixel long sides.
+            "training": {"$ref": "#/$defs/refiner_training",
+                         "default": {"seed": 0, "epochs": 8, "batch_size": 8, "lr": 0.1,
+                                     "momentum": 0.9, "nesterov": False,
+                                     "weight_decay": 5.0e-4, "poly_power": 0.9,
+                                     "new_layer_lr_mult": 10, "crop_size": 448,
+                                     "resize_long": [500, 500], "hflip": True,
+                                     "color_jitter": 0.3, "num_workers": 0,
+                                     "checkpoint_every": 200, "cache_max_images": 2000}},
+            # crf: a dense CRF (the `crf` kernels) on the walk's scores before the argmax;
+            # PSA's paper reports RW + dCRF, its infer_aff does not apply it
+            "inference": {"$ref": "#/$defs/refiner_inference",
+                          "default": {"flip": True, "crf": False}},
+        },
     },
-    # crf: a dense CRF (the `crf` kernels) on the walk's scores before the argmax; PSA's paper
-    # reports RW + dCRF, its infer_aff does not apply it
-    "inference": {"flip": True, "crf": False},
 }
 
 # Channels of the 1×1 convs on the last three stages (PSA: 64, 128, 256 -> 448 fused), capped
@@ -87,16 +98,10 @@ STAGE_WIDTHS = (64, 128, 256)
 NEG_FLOOR = 1e-5
 
 
-def psa_config(cfg: dict[str, Any] | None) -> dict[str, Any]:
-    """`cfg` completed with DEFAULTS for every key it leaves out (nested blocks merged)."""
-    out = copy.deepcopy(DEFAULTS)
-    for key, value in (cfg or {}).items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = {**out[key], **copy.deepcopy(value)}
-        else:
-            out[key] = copy.deepcopy(value)
-    out["crf"] = crf_params((cfg or {}).get("crf"))
-    return out
+def settings(cfg: dict[str, Any] | None) -> dict[str, Any]:
+    """`cfg` completed with the REGISTER defaults for every key it leaves out (nested blocks
+    merged)."""
+    return learned.settings(REGISTER, cfg)
 
 
 # -- stage 1: affinity training labels ---------------------------------------------------------
@@ -128,8 +133,8 @@ def make_labels(cam_path: str | os.PathLike, ds: VocDataset, split: str, cfg: di
 
     Both CRFs of an image run in the same worker task, so each image and its CAMs are read once.
     """
-    write_labels(cam_path, ds, split, _confident_task, psa_config(cfg), out_path, threads,
-                 "psa labels")
+    write_labels(cam_path, ds, split, _confident_task, settings(cfg), out_path, threads,
+                 f"{REGISTER['name']} labels")
 
 
 # -- stage 2: AffinityNet ----------------------------------------------------------------------
@@ -199,14 +204,15 @@ def affinity_loss(dist: torch.Tensor, bg_pos: torch.Tensor, fg_pos: torch.Tensor
     return terms
 
 
-class AffinityNet(Method):
-    """Backbone + PSA's affinity head; driven by `wsss.train.fit`, not a registered method.
+class AffinityNet(Trainable):
+    """Backbone + PSA's affinity head, trained by `wsss.train.fit`.
 
     `cfg` is the PSA config block (radius, training); the backbone's BatchNorm stays frozen.
     """
 
     def __init__(self, cfg: dict[str, Any], num_classes: int, backbone: Backbone):
-        super().__init__(cfg, num_classes)
+        super().__init__()
+        self.cfg, self.num_classes = cfg, num_classes
         self.backbone = backbone
         self.stride = backbone.output_stride
         self.radius = int(cfg["radius"])
@@ -248,14 +254,11 @@ class AffinityNet(Method):
             return F.elu(self.fuse(torch.cat(parts, dim=1))).float()
 
     def training_step(self, batch: dict[str, torch.Tensor], step: int) -> dict[str, float]:
-        (opt,) = self.optimizers
         feats = self.features(batch["image"])
         dist = pair_distance(feats, self.radius)
         grid = downsample_labels(batch["label"], feats.shape[-2:], self.stride)
         terms = affinity_loss(dist, *pair_labels(grid, self.radius))
-        opt.zero_grad(set_to_none=True)
-        terms["loss"].backward()
-        opt.step()
+        self.optimize(terms["loss"])
         return {k: v.item() for k, v in terms.items()}
 
     @torch.no_grad()
@@ -276,47 +279,26 @@ class AffinityNet(Method):
 
 
 
-
-def _as_device(device: torch.device | str) -> torch.device:
-    return pick_device(device) if isinstance(device, str) else device
-
-
 def train(ds: VocDataset, split: str, label_path: str | os.PathLike, cfg: dict[str, Any],
-          classifier_path: str | os.PathLike, out_dir: str | os.PathLike,
+          classifier_path: str | os.PathLike, out_path: str | os.PathLike,
           device: torch.device | str) -> Path:
-    """Train AffinityNet on the `split` labels of `label_path`; returns out_dir/affinity.pt.
+    """Train AffinityNet on the `split` labels of `label_path`; the weights go to `out_path`.
 
-    Checkpoints and resume are `wsss.train.fit`'s (affinity.checkpoint.pt, affinity.log.csv).
+    Checkpoints and resume are `wsss.train.fit`'s (affinity.checkpoint.pt, affinity.log.csv next
+    to `out_path`).
     """
-    cfg = psa_config(cfg)
-    training = cfg["training"]
-    ids = ds.ids(split)
-    with LabelReader(label_path) as reader:
-        reader.check(ids, list(ds.classes))
-    bb_cfg = torch.load(classifier_path, map_location="cpu", weights_only=False)["config"]
-    seed_everything(training["seed"])  # the new layers' initial weights are part of the run
-    net = AffinityNet(cfg, ds.num_classes, classifier_backbone(classifier_path))
-    labels = LabelMap(label_path, ids)
-    trainset = SegmentationSet(ds, ids, labels, training, seed=training["seed"])
-    meta = {"config": cfg, "backbone": bb_cfg["backbone"], "classes": list(ds.classes)}
-    try:
-        return fit(net, trainset, training, out_dir, meta, _as_device(device), name="affinity")
-    finally:
-        labels.close()
+    return learned.train_network(REGISTER, AffinityNet, ds, split, label_path, cfg,
+                                 classifier_path, out_path, device)
 
 
 def load_affinity_net(weights_path: str | os.PathLike, device: torch.device,
                       radius: int | None = None) -> AffinityNet:
     """The trained network of `weights_path`; `radius` replaces the training radius (the
     features do not depend on it, only which pairs are scored)."""
-    state = torch.load(weights_path, map_location="cpu", weights_only=False)
-    bb = state["backbone"]
-    backbone = build_backbone(bb["name"], bb["output_stride"], "none")
-    net = AffinityNet(state["config"], len(state["classes"]), backbone)
-    net.load_state_dict(state["method"])
+    net = learned.load_network(AffinityNet, weights_path, device)
     if radius is not None:
         net.radius = int(radius)
-    return net.to(device).eval()
+    return net
 
 
 # -- stage 3: random walk ------------------------------------------------------------------
@@ -348,26 +330,19 @@ def _walk_scores(aff: torch.Tensor, probs: torch.Tensor, padded: tuple[int, int]
     return upsample(scores[None], padded)[0, :, : size[0], : size[1]]
 
 
-def _post_crf(image: np.ndarray, scores: np.ndarray, keys: np.ndarray,
-              cfg: dict[str, Any]) -> np.ndarray:
-    """Label from the walked scores through PSA's dense CRF (a process-pool task)."""
-    return score_crf_labels(image, scores, keys, cfg["crf"])
-
-
 def refine(cam_path: str | os.PathLike, ds: VocDataset, split: str, cfg: dict[str, Any],
            weights_path: str | os.PathLike, out_path: str | os.PathLike,
            device: torch.device | str, threads: int) -> None:
     """Random-walk pseudo-labels (uint8, 0 bg, k + 1 class k) of `split`, written to `out_path`.
 
     The network runs image by image in this thread, the walks on its device in `threads`
-    threads, and the optional CRF (`inference.crf`) in `threads` processes
-    (`pool.walk_labels`).
+    threads, and the optional dense CRF on the walked scores (`inference.crf`) in `threads`
+    processes (`learned.refine_walks`).
     """
-    cfg = psa_config(cfg)
-    ids = ds.ids(split)
-    with CamReader(cam_path) as reader:
-        reader.check(ids, list(ds.classes))
-        net = load_affinity_net(weights_path, _as_device(device), cfg["radius"])
+    cfg = settings(cfg)
+
+    def start(reader: CamReader, ids: list[str]):
+        net = load_affinity_net(weights_path, learned.as_device(device), cfg["radius"])
 
         def jobs():
             for image_id in ids:
@@ -382,6 +357,7 @@ def refine(cam_path: str | os.PathLike, ds: VocDataset, split: str, cfg: dict[st
                                              image.shape[:2], cfg)
                 yield image_id, image, keys, walk
 
-        post = _post_crf if cfg["inference"]["crf"] else None
-        store_labels(walk_labels(jobs(), threads, post, cfg), ds, split, cfg, out_path,
-                     "psa refine")
+        return jobs()
+
+    learned.refine_walks(cam_path, ds, split, cfg, out_path, threads, start, score_crf_labels,
+                         cfg["crf"], f"{REGISTER['name']} refine")

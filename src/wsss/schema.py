@@ -1,0 +1,78 @@
+"""The workflow's config schema, assembled from the generic file and the components' REGISTERs.
+
+`workflow/schemas/config.schema.yaml` holds what belongs to no component (dataset, run,
+evaluation, DeepLab, the generic backbone/training/inference blocks). Each component's own
+settings block, and every list of names (methods, refiner kinds, backbones, DeepLab
+architectures, plug-in bases), come from the registry, so a new component is one module.
+Validation fills in defaults the way `snakemake.utils.validate` does: a property's `default`
+when the key is missing.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from wsss import registry
+from wsss.errors import ConfigError
+
+BASE_SCHEMA = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.schema.yaml"
+
+
+def assemble(base_path: str | Path = BASE_SCHEMA) -> dict[str, Any]:
+    """The full JSON schema: the generic file with the registry's parts put in."""
+    schema = yaml.safe_load(Path(base_path).read_text())
+    defs = schema["$defs"]
+    methods = registry.components("method")
+    defs["method"]["properties"]["method"]["enum"] = list(methods)
+    for comp in methods.values():
+        block = comp.get("block")
+        if block and comp.schema:
+            defs["method"]["properties"][block] = copy.deepcopy(comp.schema)
+    defs["plugin_base"]["enum"] = [c.name for c in methods.values() if c.get("base")]
+
+    refiners = registry.components("refiner")
+    defs["refiner"]["properties"]["refiner"]["enum"] = list(refiners)
+    cases = []
+    for comp in refiners.values():
+        body = copy.deepcopy(comp.schema) or {"type": "object", "properties": {}}
+        body.setdefault("type", "object")
+        body.setdefault("additionalProperties", False)
+        body["properties"] = {"refiner": {"const": comp.name}, **body.get("properties", {})}
+        cases.append({"if": {"properties": {"refiner": {"const": comp.name}}}, "then": body})
+    defs["refiner"]["allOf"] = cases
+
+    defs["backbone"]["properties"]["name"]["enum"] = registry.names("backbone")
+    arch = schema["properties"]["deeplab"]["properties"]["model"]["properties"]["arch"]
+    arch["enum"] = registry.names("deeplab_arch")
+    return schema
+
+
+def _path(error) -> str:
+    return ".".join(str(p) for p in error.absolute_path) or "(top level)"
+
+
+def validate_config(config: dict[str, Any], base_path: str | Path = BASE_SCHEMA) -> dict[str, Any]:
+    """Validate `config` in place against the assembled schema, filling in defaults; a
+    ConfigError names the offending key."""
+    from jsonschema import Draft202012Validator, validators
+    from jsonschema.exceptions import best_match
+
+    schema = assemble(base_path)
+    check = Draft202012Validator.VALIDATORS["properties"]
+
+    def set_defaults(validator, properties, instance, sub):
+        if isinstance(instance, dict):
+            for key, prop in properties.items():
+                if "default" in prop:
+                    instance.setdefault(key, copy.deepcopy(prop["default"]))
+        yield from check(validator, properties, instance, sub)
+
+    filling = validators.extend(Draft202012Validator, {"properties": set_defaults})
+    error = best_match(filling(schema).iter_errors(config))
+    if error is not None:
+        raise ConfigError(f"config key {_path(error)}: {error.message}")
+    return config

@@ -1,0 +1,213 @@
+"""The loop (`fit`), the sample order, checkpoints and resume."""
+
+from __future__ import annotations
+
+import csv
+import logging
+import random
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from wsss.store import atomic_path, versions
+from wsss.train.trainable import TRAINING_DEFAULTS, schedule_lr
+
+log = logging.getLogger(__name__)
+# spawn key of the second ("u") batch's order: a child of the (seed, epoch) sequence, so it is
+# independent of the first batch's order and collides with no (seed, epoch, index) stream
+U_STREAM = ord("u")
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    """`auto`: the GPU the job was given (CUDA_VISIBLE_DEVICES), else the CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+class StepSampler(torch.utils.data.Sampler):
+    """Batches of (index, epoch) for steps `start`..`stop`, the same whatever `start` is.
+
+    With `unaugmented`, each key is (index, epoch, index_u): `index_u` is the image of the
+    second, unaugmented batch at that position, taken from its own permutation of the epoch.
+    """
+
+    def __init__(self, n: int, batch_size: int, seed: int, start: int, stop: int,
+                 unaugmented: bool = False):
+        self.n, self.batch_size, self.seed = n, batch_size, seed
+        self.start, self.stop = start, stop
+        self.per_epoch = n // batch_size
+        self.unaugmented = unaugmented
+
+    def __len__(self) -> int:
+        return self.stop - self.start
+
+    def __iter__(self) -> Iterator[list[tuple[int, ...]]]:
+        for step in range(self.start, self.stop):
+            epoch, pos = divmod(step, self.per_epoch)
+            window = slice(pos * self.batch_size, (pos + 1) * self.batch_size)
+            order = np.random.default_rng([self.seed, epoch]).permutation(self.n)
+            batch = order[window]
+            if not self.unaugmented:
+                yield [(int(i), epoch) for i in batch]
+                continue
+            seq = np.random.SeedSequence([self.seed, epoch], spawn_key=(U_STREAM,))
+            second = np.random.default_rng(seq).permutation(self.n)[window]
+            yield [(int(i), epoch, int(j)) for i, j in zip(batch, second, strict=True)]
+
+
+def _rng_state() -> dict[str, Any]:
+    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(),
+             "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(path: Path, method, step: int, meta: dict[str, Any]) -> None:
+    state = {
+        "method": method.state_dict(),
+        "optimizers": [opt.state_dict() for opt in method.optimizers],
+        "step": step,
+        "rng": _rng_state(),
+        **meta,
+    }
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+
+
+def fit(
+    method,
+    trainset: torch.utils.data.Dataset,
+    training: dict[str, Any],
+    out_dir: str | Path,
+    meta: dict[str, Any],
+    device: torch.device,
+    stop_after: int | None = None,
+    name: str = "classifier",
+) -> Path:
+    """Train `method` on `trainset`; write <name>.checkpoint.pt, <name>.log.csv and <name>.pt
+    into `out_dir` (for the classifier: checkpoint.pt, train_log.csv, classifier.pt).
+
+    `<name>.pt` holds `method` (the state dict), `steps`, `versions` and `meta`, plus
+    `backbone` (the trunk's state dict) when the trained object has a `trunk`.
+    `stop_after` ends the run early after that many steps (with a checkpoint), as a kill would.
+    Returns the path of the final weights (only written when all steps are done).
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if name == "classifier":
+        ckpt_path, log_path = out_dir / "checkpoint.pt", out_dir / "train_log.csv"
+    else:
+        ckpt_path, log_path = out_dir / f"{name}.checkpoint.pt", out_dir / f"{name}.log.csv"
+    final_path = out_dir / f"{name}.pt"
+    batch_size = training["batch_size"]
+    per_epoch = len(trainset) // batch_size
+    if per_epoch == 0:
+        raise ValueError(
+            f"training.batch_size {batch_size} exceeds the {len(trainset)} training images"
+        )
+    max_steps = training["epochs"] * per_epoch
+    seed = training["seed"]
+    seed_everything(seed)
+    method.to(device)
+    method.build_optimizers(training)
+
+    start, rng = 0, None
+    if ckpt_path.exists():
+        state = torch.load(ckpt_path, map_location=device, weights_only=False)
+        if state.get("config") != meta.get("config"):
+            log.warning("%s was written with another config; starting afresh", ckpt_path)
+        else:
+            method.load_state_dict(state["method"])
+            for opt, sd in zip(method.optimizers, state["optimizers"], strict=True):
+                opt.load_state_dict(sd)
+            start, rng = state["step"], state["rng"]
+            log.info("resuming from step %d of %d (%s)", start, max_steps, ckpt_path)
+    _truncate_log(log_path, start)
+    method.begin(max_steps, per_epoch, start)
+
+    unaugmented = bool(training.get("unaugmented_batch", TRAINING_DEFAULTS["unaugmented_batch"]))
+    sampler = StepSampler(len(trainset), batch_size, seed, start, max_steps, unaugmented)
+    workers = training.get("num_workers", 0)
+    loader = torch.utils.data.DataLoader(
+        trainset, batch_sampler=sampler, num_workers=workers,
+        persistent_workers=workers > 0, pin_memory=device.type == "cuda",
+    )
+    every = training["checkpoint_every"]
+    method.train()
+    batches = iter(loader)
+    if rng is not None:
+        # after iter(): starting the loader draws its base seed from the global torch RNG, in
+        # an uninterrupted run once before step 0, so the saved state must come after it
+        _set_rng_state(rng)
+    t0 = time.time()
+    new_log = not log_path.exists()
+    with open(log_path, "a", newline="") as fh:
+        writer = None
+        bar = tqdm(total=max_steps, initial=start, desc="train", file=sys.stderr,
+                   mininterval=5.0, disable=None)
+        for step, batch in enumerate(batches, start=start):
+            lr_factor = schedule_lr(method.optimizers, training, step, max_steps)
+            batch = {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v
+                     for k, v in batch.items()}
+            losses = method.training_step(batch, step)
+            row = {"step": step + 1, "epoch": step // per_epoch, "lr": training["lr"] * lr_factor,
+                   **losses, "seconds": round(time.time() - t0, 3)}
+            if writer is None:
+                writer = csv.DictWriter(fh, fieldnames=list(row))
+                if new_log:
+                    writer.writeheader()
+            writer.writerow(row)
+            bar.update(1)
+            bar.set_postfix({k: f"{v:.4f}" for k, v in losses.items()}, refresh=False)
+            done = step + 1
+            if done % every == 0 or done == max_steps or done == stop_after:
+                fh.flush()
+                save_checkpoint(ckpt_path, method, done, meta)
+            if done == stop_after:
+                bar.close()
+                return final_path
+        bar.close()
+    method.eval()
+    final = {"method": method.state_dict(), "steps": max_steps, "versions": versions(), **meta}
+    trunk = getattr(method, "trunk", None)
+    if trunk is not None:  # the refiners read the trunk here, whatever its prefix in "method"
+        final["backbone"] = trunk.state_dict()
+    with atomic_path(final_path) as tmp:
+        torch.save(final, tmp)
+    return final_path
+
+
+def _truncate_log(path: Path, start: int) -> None:
+    """Drop log rows past the resume point, so a resumed log has each step once."""
+    if not path.exists():
+        return
+    if start == 0:
+        path.unlink()
+        return
+    with open(path, newline="") as fh:
+        rows = list(csv.reader(fh))
+    keep = [rows[0]] + [r for r in rows[1:] if r and int(r[0]) <= start]
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as fh:
+        csv.writer(fh).writerows(keep)

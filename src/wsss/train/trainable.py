@@ -1,0 +1,157 @@
+"""What a trained network offers the loop (`Trainable`), its optimizers and the lr schedule.
+
+Optimizers come from the training block: `optimizer: sgd` (the default: momentum, weight decay,
+optional Nesterov) or `adamw` (`betas`, `weight_decay`). Each param group's `initial_lr` is
+`lr` × its `lr_mult`; the schedule multiplies it by a factor per step: `schedule: poly`
+(the default, (1 − t)^poly_power) or `cosine` (½(1 + cos πt)), after an optional linear warm-up
+over the first `warmup` fraction of the steps, t running from 0 to 1 over the steps after it.
+`grad_clip` (null by default) caps the global gradient norm in `Trainable.optimize`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from typing import Any
+
+import torch
+from torch import nn
+
+from wsss.errors import ConfigError
+
+# Training-block keys the loop reads with these defaults when a block leaves them out (blocks
+# of learned refiners and tests do); the config schema gives the same defaults, chosen so
+# that a run without them is exactly the run before they existed.
+TRAINING_DEFAULTS: dict[str, Any] = {
+    "optimizer": "sgd",
+    "betas": [0.9, 0.999],
+    "schedule": "poly",
+    "warmup": 0.0,
+    "grad_clip": None,
+    "unaugmented_batch": False,
+}
+OPTIMIZERS = ("sgd", "adamw")
+SCHEDULES = ("poly", "cosine")
+
+
+def _opt(training: dict[str, Any], key: str) -> Any:
+    return training.get(key, TRAINING_DEFAULTS[key])
+
+
+class Trainable(nn.Module):
+    """What the training loop needs of a network it trains (a method, AffinityNet, the IRN
+    boundary network, DeepLab): parameter groups with `lr_mult`, optimizers built from the
+    training block, one optimisation step, progress (`begin`), and bf16 autocast on CUDA.
+
+    All state that must survive a kill lives in `state_dict()`, which the checkpoint holds:
+    parameters, buffers (`register_buffer`, for tensors such as running centres or a bank
+    of fixed size), submodules (an EMA teacher: `wsss.train.EMA`), and, for Python objects
+    (lists of tensors, counters), a module's `get_extra_state`/`set_extra_state` (as
+    `wsss.train.FIFO` does). State kept anywhere else is lost on resume.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.optimizers: list[torch.optim.Optimizer] = []
+        self.grad_clip: float | None = None
+
+    def param_groups(self) -> list[dict[str, Any]]:
+        """Parameter groups with `lr_mult`; the optimizer is built over these."""
+        raise NotImplementedError(f"{type(self).__name__} must define param_groups")
+
+    def build_optimizers(self, training: dict[str, Any]) -> list[torch.optim.Optimizer]:
+        """One optimizer over `param_groups()` (parameters without gradient left out), chosen
+        by `training["optimizer"]`; also reads `grad_clip` for `optimize`."""
+        groups = []
+        for group in self.param_groups():
+            params = [p for p in group["params"] if p.requires_grad]
+            if params:
+                groups.append({**group, "params": params})
+        name = _opt(training, "optimizer")
+        if name == "sgd":
+            opt = torch.optim.SGD(
+                groups,
+                lr=training["lr"],
+                momentum=training["momentum"],
+                weight_decay=training["weight_decay"],
+                nesterov=training.get("nesterov", False),
+            )
+        elif name == "adamw":
+            beta1, beta2 = _opt(training, "betas")
+            opt = torch.optim.AdamW(groups, lr=training["lr"], betas=(float(beta1), float(beta2)),
+                                    weight_decay=training["weight_decay"])
+        else:
+            raise ConfigError(f"training.optimizer '{name}': expected one of {OPTIMIZERS}")
+        for group in opt.param_groups:
+            group["initial_lr"] = training["lr"] * group.get("lr_mult", 1.0)
+        clip = _opt(training, "grad_clip")
+        self.grad_clip = None if clip is None else float(clip)
+        self.optimizers = [opt]
+        return self.optimizers
+
+    def begin(self, total_steps: int, steps_per_epoch: int, start_step: int) -> None:
+        """Called by the loop before its first step, on a fresh start (`start_step` 0) and
+        after a resume (the step it resumes at), for warm-ups and ramps that depend on the
+        run's length. It must not draw random numbers (a resumed run would draw them at
+        another point of the stream than an uninterrupted one)."""
+
+    def training_step(self, batch: dict[str, torch.Tensor], step: int) -> dict[str, float]:
+        raise NotImplementedError(f"{type(self).__name__} must define training_step")
+
+    def optimize(self, loss: torch.Tensor) -> None:
+        """One step of every optimizer on `loss`: zero the gradients, backpropagate, clip the
+        global gradient norm to `grad_clip` (when set), step."""
+        for opt in self.optimizers:
+            opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.grad_clip is not None:
+            params = [p for opt in self.optimizers for g in opt.param_groups for p in g["params"]]
+            torch.nn.utils.clip_grad_norm_(params, self.grad_clip)
+        for opt in self.optimizers:
+            opt.step()
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    def autocast(self):
+        """bfloat16 autocast on CUDA (no loss scaling needed); a no-op on CPU."""
+        if self.device.type == "cuda":
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+
+def lr_factor(training: dict[str, Any], step: int, max_steps: int) -> float:
+    """The factor on every group's `initial_lr` at 0-based `step` of `max_steps`."""
+    schedule = _opt(training, "schedule")
+    if schedule not in SCHEDULES:
+        raise ConfigError(f"training.schedule '{schedule}': expected one of {SCHEDULES}")
+    warm = round(_opt(training, "warmup") * max_steps)
+    if step < warm:  # linear ramp, reaching the full rate at the last warm-up step
+        return (step + 1) / warm
+    t = (step - warm) / (max_steps - warm)  # with no warm-up exactly step / max_steps
+    if schedule == "poly":
+        return (1.0 - t) ** training["poly_power"]
+    return 0.5 * (1.0 + math.cos(math.pi * t))
+
+
+def set_lr(optimizers: list[torch.optim.Optimizer], factor: float) -> None:
+    for opt in optimizers:
+        for group in opt.param_groups:
+            group["lr"] = group["initial_lr"] * factor
+
+
+def schedule_lr(optimizers: list[torch.optim.Optimizer], training: dict[str, Any], step: int,
+                max_steps: int) -> float:
+    """Set every group's lr for `step` by the training block's schedule; returns the factor."""
+    factor = lr_factor(training, step, max_steps)
+    set_lr(optimizers, factor)
+    return factor
+
+
+def poly_lr(optimizers: list[torch.optim.Optimizer], step: int, max_steps: int,
+            power: float) -> float:
+    """The poly schedule without warm-up (what `schedule_lr` does by default)."""
+    factor = (1.0 - step / max_steps) ** power
+    set_lr(optimizers, factor)
+    return factor

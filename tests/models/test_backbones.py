@@ -1,0 +1,91 @@
+import pytest
+import torch
+
+from wsss.errors import ConfigError
+from wsss.methods.base import METHODS, build_method
+from wsss.models.backbones import BACKBONES, BackboneError, build_backbone
+
+
+def _cfg(**backbone):
+    return {
+        "method": "baseline",
+        "backbone": {"name": "tiny", "output_stride": 8, "pretrained": "none", **backbone},
+        "training": {"lr": 0.1, "momentum": 0.9, "weight_decay": 1e-4, "new_layer_lr_mult": 10},
+    }
+
+
+@pytest.mark.parametrize(("name", "stride"), [("tiny", 8), ("tiny", 16), ("resnet50", 16),
+                                              ("resnet50", 8), ("resnet101", 16)])
+def test_backbone_output_stride(name, stride):
+    net = build_backbone(name, stride).eval()
+    with torch.no_grad():
+        out = net(torch.zeros(1, 3, 64, 96))
+    assert out.shape == (1, net.out_channels, 64 // stride, 96 // stride)
+
+
+def test_backbone_errors_name_the_choices(tmp_path):
+    with pytest.raises(BackboneError, match="resnet50"):
+        build_backbone("vgg", 16)
+    with pytest.raises(BackboneError, match="output_stride"):
+        build_backbone("resnet50", 32)
+    with pytest.raises(BackboneError, match="no ImageNet weights"):
+        build_backbone("tiny", 8, "imagenet")
+    with pytest.raises(BackboneError, match="not found"):
+        build_backbone("tiny", 8, str(tmp_path / "missing.pth"))
+
+
+def test_pretrained_path_loads_the_given_weights(tmp_path):
+    from torchvision.models import resnet50
+
+    torch.manual_seed(1)
+    published = resnet50(weights=None)  # stands in for a downloaded torchvision checkpoint
+    path = tmp_path / "r50.pth"
+    torch.save(published.state_dict(), path)
+    loaded = build_backbone("resnet50", 16, str(path))
+    assert torch.equal(loaded.stages[3][0].conv1.weight, published.layer4[0].conv1.weight)
+    assert torch.equal(loaded.stem[0].weight, published.conv1.weight)
+    torch.save({"conv1.weight": torch.zeros(3)}, tmp_path / "bad.pth")
+    with pytest.raises(BackboneError, match="do not fit"):
+        build_backbone("resnet50", 16, str(tmp_path / "bad.pth"))
+
+
+def test_registry_and_unknown_method():
+    assert "baseline" in METHODS and {"tiny", "resnet50", "resnet101"} <= set(BACKBONES)
+    # the registry refuses the name, naming the key and the choices
+    with pytest.raises(ConfigError, match=r"method: unknown method 'nope'.*baseline"):
+        build_method({"method": "nope"}, 3)
+
+
+def test_baseline_cams_shape_and_param_groups():
+    method = build_method(_cfg(), 5)
+    cams = method.cams(torch.zeros(2, 3, 48, 64))
+    assert cams.shape == (2, 5, 6, 8)
+    (opt,) = method.build_optimizers(_cfg()["training"])
+    mults = {g["name"]: g["lr_mult"] for g in opt.param_groups}
+    assert mults == {"backbone": 1.0, "new": 10}
+    assert all(g["momentum"] == 0.9 and g["weight_decay"] == 1e-4 for g in opt.param_groups)
+
+
+def test_momentum_is_really_momentum():
+    """Two steps with the same gradient: with momentum 0.9 the second update is 1.9× the first."""
+    method = build_method(_cfg(), 2)
+    training = {**_cfg()["training"], "weight_decay": 0.0}
+    (opt,) = method.build_optimizers(training)
+    w = method.classifier.weight
+    deltas = []
+    for _ in range(2):
+        before = w.detach().clone()
+        opt.zero_grad()
+        w.grad = torch.ones_like(w)
+        opt.step()
+        deltas.append((before - w.detach()).mean().item())
+    assert deltas[1] == pytest.approx(1.9 * deltas[0], rel=1e-5)
+
+
+def test_frozen_batchnorm_stays_fixed():
+    method = build_method(_cfg(freeze_bn=True), 2).train()
+    bn = method.backbone.stem[1]
+    mean = bn.running_mean.clone()
+    method(torch.randn(2, 3, 32, 32))
+    assert not bn.training and torch.equal(bn.running_mean, mean)
+    assert not bn.weight.requires_grad
