@@ -9,27 +9,12 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from fakes import FixedMethod as _Fixed
 
 from wsss.cams import extract_cams, multiscale_cams, normalise
 from wsss.store import CamReader
 
 INFERENCE = {"scales": [1.0], "flip": False, "batch_size": 3}
-
-
-class _Fixed(torch.nn.Module):
-    """A 'method' whose raw CAM is `fn(images)`: no learning, a computable answer."""
-
-    def __init__(self, fn, num_classes: int):
-        super().__init__()
-        self.unused = torch.nn.Parameter(torch.zeros(1))  # gives the method a device
-        self.fn, self.num_classes = fn, num_classes
-
-    @property
-    def device(self) -> torch.device:
-        return self.unused.device
-
-    def cams(self, images: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
-        return self.fn(images)
 
 
 def _ramps(images: torch.Tensor) -> torch.Tensor:

@@ -128,3 +128,17 @@ def test_ablation_overlays_validate_on_the_default_config(path):
     validate_config(cfg)
     assert set(cfg["run"]["refiners"]) <= set(cfg["refiners"])
     assert set(cfg["run"]["variants"]) <= set(cfg["methods"])
+
+
+def test_the_training_contract_falls_back_to_the_schema_defaults():
+    """Blocks that skip the generic keys (a learned refiner's training block, a test's) get
+    the code's fallbacks; they must be the schema's defaults, or the same run would differ
+    between the workflow and a hand-run stage."""
+    from wsss.cams import DEFAULT_SEG_FUSION
+    from wsss.train import TRAINING_DEFAULTS
+
+    defs = assemble()["$defs"]
+    training = registry.defaults(defs["training"])
+    assert {k: training[k] for k in TRAINING_DEFAULTS} == TRAINING_DEFAULTS
+    assert training["views"] == 1
+    assert registry.defaults(defs["inference"])["seg_fusion"] == DEFAULT_SEG_FUSION

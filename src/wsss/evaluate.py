@@ -7,40 +7,18 @@ writes them with store.write_json.
 from __future__ import annotations
 
 import os
-from collections import deque
-from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING, Any, TypeVar
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from wsss.metrics import confusion, mean_iou, scores, seed_confusions
+from wsss.ops.pool import thread_map
 from wsss.store import CamReader, LabelReader, StoreError
 
 if TYPE_CHECKING:
     from wsss.data.voc import VocDataset
 
-T = TypeVar("T")
-R = TypeVar("R")
-
-
-def _ordered_map(fn: Callable[[T], R], items: Iterable[T], threads: int) -> Iterator[R]:
-    """map() over a thread pool, in order, with at most 2 × threads items in flight.
-
-    Items are drawn in the calling thread, so HDF5 reads stay there while mask decoding and
-    numpy work (which release the GIL for the most part) overlap in the pool.
-    """
-    if threads <= 1:
-        yield from map(fn, items)
-        return
-    with ThreadPoolExecutor(threads) as pool:
-        pending: deque = deque()
-        for item in items:
-            pending.append(pool.submit(fn, item))
-            if len(pending) >= 2 * threads:
-                yield pending.popleft().result()
-        while pending:
-            yield pending.popleft().result()
 
 
 def _label_names(ds: VocDataset) -> list[str]:
@@ -98,7 +76,7 @@ def evaluate_seeds(
                 )
             return seed_confusions(cams, keys, gt, sweep, num_classes)
 
-        for conf in _ordered_map(one, items(), threads):
+        for conf in thread_map(one, items(), threads):
             total += conf
 
     curve = np.asarray(mean_iou(total[:-1]), dtype=np.float64)
@@ -154,7 +132,7 @@ def evaluate_labels(
                 )
             return confusion(label, gt, n), int(np.count_nonzero((label == 255) & (gt != 255)))
 
-        for conf, skipped in _ordered_map(one, items(), threads):
+        for conf, skipped in thread_map(one, items(), threads):
             total += conf
             ignored += skipped
 

@@ -60,7 +60,7 @@ def main() -> None:
             for image_id in ds.ids(args.split):
                 w.add(image_id, ds.load_mask(image_id))
         weights = module.train(ds, args.split, tmp / "gt.h5", block, run / "classifier.pt",
-                               tmp / "net", "cpu")
+                               tmp / "network.pt", "cpu")
         for crf in (False, True):
             cfg = copy.deepcopy(block)
             cfg.setdefault("inference", {})["crf"] = crf

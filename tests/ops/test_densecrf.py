@@ -3,19 +3,12 @@ completion, and the two-threshold label CRF of IRN and HSC."""
 
 import numpy as np
 import pytest
+from fakes import two_regions as _two_regions
 
 from wsss.ops.densecrf import DEFAULT_CRF, crf_params, dense_crf, label_crf
 
 RED, BLUE = (200, 40, 40), (40, 40, 200)
 
-
-def _two_regions(h=32, w=48):
-    image = np.zeros((h, w, 3), np.uint8)
-    image[:, : w // 2] = RED
-    image[:, w // 2 :] = BLUE
-    truth = np.zeros((h, w), np.int64)
-    truth[:, w // 2 :] = 1
-    return image, truth
 
 
 def test_crf_cleans_noisy_probabilities():

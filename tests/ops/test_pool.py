@@ -99,3 +99,28 @@ def test_persistent_pool_is_reused_and_runs_elsewhere():
 
 def _worker_pid(_: int) -> int:
     return os.getpid()
+
+
+def test_thread_map_keeps_order_and_draws_items_lazily():
+    """Slow early items still come first, and the items are drawn only a bounded window ahead
+    of what was consumed (a lazy producer, e.g. the network of the next images, stays lazy)."""
+    import time
+
+    from wsss.ops.pool import thread_map
+
+    drawn = []
+
+    def items():
+        for i in range(20):
+            drawn.append(i)
+            yield i
+
+    def slow_first(i):
+        time.sleep(0.02 if i < 2 else 0.0)
+        return i * i
+
+    out = thread_map(slow_first, items(), 2)
+    first = next(out)
+    assert first == 0 and len(drawn) <= 4
+    assert [first, *out] == [i * i for i in range(20)]
+    assert list(thread_map(slow_first, iter(range(5)), 1)) == [0, 1, 4, 9, 16]

@@ -2,6 +2,7 @@ import json
 
 import numpy as np
 import pytest
+from fakes import two_regions as _two_regions
 from PIL import Image
 
 from wsss.data.voc import VocDataset, save_mask
@@ -20,14 +21,6 @@ from wsss.store import CamWriter, LabelReader, StoreError
 
 RED, BLUE, GREEN = (200, 40, 40), (40, 40, 200), (40, 200, 40)
 
-
-def _two_regions(h=32, w=48):
-    image = np.zeros((h, w, 3), np.uint8)
-    image[:, : w // 2] = RED
-    image[:, w // 2 :] = BLUE
-    truth = np.zeros((h, w), np.int64)
-    truth[:, w // 2 :] = 1
-    return image, truth
 
 
 def test_cam_probs_background_modes():

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from fakes import FixedMethod as _Head
 
 from wsss.cams import multiscale_seg
 from wsss.cli import main
@@ -20,22 +21,6 @@ from wsss.refine import seghead
 from wsss.store import CamReader, CamWriter, LabelReader, StoreError
 
 PLUGIN = Path(__file__).resolve().parents[1] / "plugins" / "tiny_head.py"
-
-
-class _Head(torch.nn.Module):
-    """A 'method' with a segmentation head whose logits are `fn(images)`."""
-
-    def __init__(self, fn, num_classes: int = 2):
-        super().__init__()
-        self.unused = torch.nn.Parameter(torch.zeros(1))  # gives the method a device
-        self.fn, self.num_classes = fn, num_classes
-
-    @property
-    def device(self) -> torch.device:
-        return self.unused.device
-
-    def seg_logits(self, images: torch.Tensor) -> torch.Tensor:
-        return self.fn(images)
 
 
 def _by_scale(images: torch.Tensor) -> torch.Tensor:

@@ -141,6 +141,8 @@ class BackboneMethod(Method):
     """A method around one backbone built from cfg["backbone"], whose BatchNorm layers stay
     frozen (statistics and affine parameters) when `freeze_bn` is set."""
 
+    second_view = False  # makes a downscaled second view of its own (plug-ins read it)
+
     def __init__(self, cfg: dict[str, Any], num_classes: int):
         super().__init__(cfg, num_classes)
         bb = cfg["backbone"]
@@ -164,7 +166,7 @@ class BackboneMethod(Method):
         """The backbone, saved on its own in the classifier file (its `backbone` entry)."""
         return self.backbone
 
-    # A method that can serve as a plug-in's base (wsss.methods.plugin.BASES) also defines
+    # A method that can serve as a plug-in's base (declared `base` in its REGISTER) also defines
     #   view_losses(images, labels, scale=None) -> (its loss terms, "loss" their weighted
     #       total; its views of the batch), `scale` asking for a downscaled second view where
     #       the method has none;

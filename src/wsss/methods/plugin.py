@@ -78,7 +78,7 @@ class PluginMethod(Method):
     def view_scale(self) -> float | None:
         """Scale of the second view: the base's own (None) unless the base has none."""
         scale = self.settings.get("view_scale")
-        if scale is None and not getattr(self.base, "second_view", False):
+        if scale is None and not self.base.second_view:
             return DEFAULT_VIEW_SCALE
         return scale
 

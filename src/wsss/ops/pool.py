@@ -8,7 +8,9 @@ pydensecrf and PIL's decoders hold the GIL. Three shapes of use:
 - `background_pool`: single calls submitted while the caller does other work (a CRF that
   overlaps the network's next image), collected with `.get()`;
 - `persistent_pool`: a pool kept for the life of the process, for work that recurs at every
-  training step, where forking a new pool each time would cost more than the work.
+  training step, where forking a new pool each time would cost more than the work;
+- `thread_map`: the ordered map over threads, for work that releases the GIL (numpy, torch)
+  and reads from handles that cannot cross a process boundary (an open HDF5 file).
 
 With `threads <= 1` everything runs inline in the calling process, the same code path the
 workers run, so results do not depend on the thread count.
@@ -19,7 +21,9 @@ from __future__ import annotations
 import atexit
 import contextlib
 import multiprocessing
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from multiprocessing.pool import Pool
 from typing import Any
 
@@ -54,6 +58,23 @@ def ordered_map(
         return
     with _context(fork).Pool(threads, initializer, initargs) as pool:
         yield from pool.imap(fn, items, chunksize=max(1, int(chunksize)))
+
+
+def thread_map(fn: Callable[[Any], Any], items: Iterable[Any], threads: int) -> Iterator[Any]:
+    """Yield fn(item) in item order over a pool of `threads` threads, with at most
+    2 × threads items in flight; items are drawn in the calling thread (so e.g. HDF5 reads
+    stay there). Inline with `threads <= 1`."""
+    if threads <= 1:
+        yield from map(fn, items)
+        return
+    with ThreadPoolExecutor(threads) as pool:
+        pending: deque = deque()
+        for item in items:
+            pending.append(pool.submit(fn, item))
+            if len(pending) >= 2 * threads:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
 
 
 class _Done:

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from wsss.ops.pool import background_pool, ordered_map
+from wsss.ops.pool import background_pool, ordered_map, thread_map
 from wsss.store import CamReader, LabelWriter, StoreError
 
 IGNORE = 255  # the label of unsure pixels in a learned refiner's training labels
@@ -119,30 +119,19 @@ def walk_labels(
     pool of `threads` processes (pydensecrf holds the GIL), or without `post` the argmax of the
     scores. A few images are in flight at most.
     """
-    from concurrent.futures import Future, ThreadPoolExecutor
-
     threads = max(1, threads)
 
-    def finish(image: np.ndarray, keys: np.ndarray, walk: Callable[[], Any]) -> np.ndarray:
+    def finish(job: tuple[str, np.ndarray, np.ndarray, Callable[[], Any] | None]
+               ) -> tuple[str, np.ndarray]:
+        image_id, image, keys, walk = job
+        if len(keys) == 0:  # nothing to propagate: all background
+            return image_id, np.zeros(image.shape[:2], np.uint8)
         scores = walk().float().cpu().numpy()
         if post is None:
-            return plane_labels(keys, scores.argmax(axis=0))
-        return workers.submit(post, image, scores, keys, cfg).get()
+            return image_id, plane_labels(keys, scores.argmax(axis=0))
+        return image_id, workers.submit(post, image, scores, keys, cfg).get()
 
-    pending: list[tuple[str, Future]] = []
     # All CRF workers are forked on entry, before the walk threads start (forking a process
     # whose other threads hold locks is unsafe); they only run numpy and pydensecrf.
-    with (background_pool(threads if post is not None else 1) as workers,
-          ThreadPoolExecutor(threads) as pool):
-        for image_id, image, keys, walk in jobs:
-            if len(keys) == 0:  # nothing to propagate: all background
-                done: Future = Future()
-                done.set_result(np.zeros(image.shape[:2], np.uint8))
-                pending.append((image_id, done))
-            else:
-                pending.append((image_id, pool.submit(finish, image, keys, walk)))
-            while len(pending) > 2 * threads:
-                image_id, future = pending.pop(0)
-                yield image_id, future.result()
-        for image_id, future in pending:
-            yield image_id, future.result()
+    with background_pool(threads if post is not None else 1) as workers:
+        yield from thread_map(finish, jobs, threads)
