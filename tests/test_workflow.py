@@ -216,3 +216,19 @@ def test_seghead_on_a_method_without_a_head_stops_at_start_up(tmp_path):
     cfg["run"]["variant_refiners"]["seam"] = ["crf", "own"]
     _expect_config_error(tmp_path, cfg, "run.variant_refiners.seam", "own",
                          "segmentation head", "method seam")
+
+
+def test_init_from_is_a_dag_edge_and_a_bad_name_is_refused(tmp_path):
+    cfg = yaml.safe_load((REPO / "config.yaml").read_text())
+    cfg["methods"]["warm"] = {**json.loads(json.dumps(cfg["methods"]["dscnet"])),
+                              "init_from": "baseline"}
+    cfg["run"]["variants"] = ["warm"]
+    _write_config(tmp_path, cfg)
+    proc = _snakemake(tmp_path, "-n", "--printshellcmds")
+    # the baseline's classifier is trained first, although the run asks only for `warm`
+    assert _planned_outputs(proc, "train_classifier") and sorted(
+        _planned_outputs(proc, "train_classifier")) == [
+        "results/synthetic/baseline/classifier.pt", "results/synthetic/warm/classifier.pt"]
+    assert "--init-from results/synthetic/baseline/classifier.pt" in proc.stdout
+    cfg["methods"]["warm"]["init_from"] = "basline"
+    _expect_config_error(tmp_path, cfg, "methods.warm.init_from", "basline")

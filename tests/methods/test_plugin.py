@@ -189,3 +189,27 @@ def test_trunk_is_the_base_backbone(toy, base):
     images = _batch()["image"][:1]
     method.eval()
     assert torch.equal(method.cams(images), method.base.cams(images))
+
+
+def test_a_plugin_starts_from_a_base_classifier_through_its_base():
+    """`init_from: baseline` on a plug-in over the baseline: the baseline's tensors are named
+    without the plug-in's `base.` prefix, so a name-by-name load would match nothing."""
+    from wsss.errors import ConfigError
+
+    block = {"method": "baseline", "backbone": {"name": "tiny", "output_stride": 8,
+                                                "pretrained": "none"},
+             "training": {"new_layer_lr_mult": 10}}
+    torch.manual_seed(1)
+    source = build_method(block, 3)
+    plugin_name = next(c.name for c in registry.components("method").values()
+                       if c.get("plugin"))
+    comp = registry.component("method", plugin_name)
+    torch.manual_seed(2)
+    plug = build_method({**block, "method": plugin_name, comp.get("block"): {"base": "baseline"}},
+                        3)
+    loaded = plug.init_from(source.state_dict(), "baseline/classifier.pt")
+    assert loaded == len(source.state_dict())
+    for key, value in source.state_dict().items():
+        assert torch.equal(plug.base.state_dict()[key], value), key
+    with pytest.raises(ConfigError, match="other.pt"):
+        plug.init_from({"nothing.like.this": torch.zeros(1)}, "other.pt")

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from test_train import TRAINING, ToySet
+from fakes import TRAINING, ToySet
 from torch import nn
 
 from wsss.errors import ConfigError

@@ -2,33 +2,10 @@ import csv
 
 import numpy as np
 import torch
+from fakes import CFG, TRAINING, ToySet
 
 from wsss.methods.base import build_method
 from wsss.train import StepSampler, fit, poly_lr
-
-TRAINING = {
-    "seed": 3, "epochs": 2, "batch_size": 4, "lr": 0.05, "momentum": 0.9, "nesterov": False,
-    "weight_decay": 1e-4, "poly_power": 0.9, "new_layer_lr_mult": 10, "checkpoint_every": 2,
-}
-CFG = {"method": "baseline", "training": TRAINING,
-       "backbone": {"name": "tiny", "output_stride": 8, "pretrained": "none"}}
-
-
-class ToySet(torch.utils.data.Dataset):
-    """Class k is a bright square in quadrant k; augmentation noise seeded by (epoch, index)."""
-
-    def __len__(self):
-        return 10
-
-    def __getitem__(self, key):
-        index, epoch = key
-        rng = np.random.default_rng([index, epoch])
-        image = rng.normal(0, 0.1, (3, 32, 32)).astype(np.float32)
-        label = np.zeros(2, dtype=np.float32)
-        for k in (index % 2, (index // 2) % 2):
-            label[k] = 1
-            image[:, 16 * k : 16 * k + 8, 4:12] += 2.0
-        return {"image": torch.from_numpy(image), "label": torch.from_numpy(label)}
 
 
 def _train(out, stop_after=None):

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from wsss import registry
-from wsss.errors import MethodError
+from wsss.errors import ConfigError, MethodError
 from wsss.methods.base import Method, View, method_class
 
 DEFAULT_VIEW_SCALE = 0.3
@@ -60,6 +60,15 @@ class PluginMethod(Method):
     def trunk(self) -> nn.Module:
         """The backbone the plug-in's heads read: its base's."""
         return self.base.trunk
+
+    def init_from(self, state_dict: dict[str, Any], source: str = "the given weights") -> int:
+        """From a plug-in of the same kind: tensor by tensor as any method. From a base-method
+        classifier (e.g. the CAM baseline's), whose names lack the `base.` prefix: through the
+        base, the plug-in's heads left as initialised."""
+        try:
+            return super().init_from(state_dict, source)
+        except ConfigError:
+            return self.base.init_from(state_dict, source)
 
     @property
     def feat_dim(self) -> int:
