@@ -116,3 +116,15 @@ def tiny_voc_config(tiny_voc: Path) -> dict[str, Any]:
         "label_source": "masks",
         "classes": None,
     }
+
+
+def prepend_background_entry(root: Path, name: str = "background") -> None:
+    """Rewrite classes.txt with a leading background entry, as mmsegmentation's lists have."""
+    (root / "classes.txt").write_text("".join(f"{c}\n" for c in (name, *TINY_CLASSES)))
+
+
+def misname_xml_object(root: Path, image_id: str, new_names: list[str]) -> None:
+    """Rewrite one image's annotation with other object names (its mask is left as it is)."""
+    table = {**TINY_TRAIN, **TINY_VAL}
+    h, w, _ = table[image_id]
+    _write_xml(root / "Annotations" / f"{image_id}.xml", image_id, h, w, new_names)

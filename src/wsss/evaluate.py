@@ -51,6 +51,7 @@ def evaluate_seeds(
     ids = ds.ids(split)
     if not ids:
         raise ValueError(f"split '{split}' has no images")
+    ds.eval_fallbacks(ids, split)
     num_classes = ds.num_classes
     # The default threshold rides along as one extra sweep point.
     sweep = np.append(thresholds, float(default_threshold))
@@ -68,7 +69,7 @@ def evaluate_seeds(
 
         def one(item: tuple[str, np.ndarray, np.ndarray]) -> np.ndarray:
             image_id, cams, keys = item
-            gt = ds.load_mask(image_id)
+            gt = ds.load_eval_mask(image_id)
             if cams.shape[1:] != gt.shape:
                 raise StoreError(
                     f"{cam_path}: CAM of '{image_id}' is {cams.shape[1:]}, "
@@ -111,6 +112,7 @@ def evaluate_labels(
     ids = ds.ids(split)
     if not ids:
         raise ValueError(f"split '{split}' has no images")
+    ds.eval_fallbacks(ids, split)
     n = ds.num_classes + 1
     total = np.zeros((n, n), dtype=np.int64)
     ignored = 0
@@ -124,7 +126,7 @@ def evaluate_labels(
 
         def one(item: tuple[str, np.ndarray]) -> tuple[np.ndarray, int]:
             image_id, label = item
-            gt = ds.load_mask(image_id)
+            gt = ds.load_eval_mask(image_id)
             if label.shape != gt.shape:
                 raise StoreError(
                     f"{label_path}: label of '{image_id}' is {label.shape}, "

@@ -160,3 +160,36 @@ def test_index_no_foreground_and_errors(tiny_voc_config, tmp_path):
         build_index(ds, ["val"], threads=2)
     with pytest.raises(DatasetError, match="nothing.json"):
         read_index(tmp_path / "nothing.json")
+
+
+def test_eval_masks_prefer_eval_dir_and_fall_back(tiny_voc_config, tiny_voc, tmp_path, caplog):
+    import logging
+
+    from wsss.evaluate import evaluate_labels
+    from wsss.store import LabelWriter
+
+    cfg = {**tiny_voc_config, "mask_dir": "SegmentationClassAug"}
+    ds = VocDataset.from_config({**cfg, "eval_mask_dir": "SegmentationClass"})
+    # the aug masks differ from VOC's (SBD has no void band): make one id's aug mask all cat
+    fine = ds.load_mask("2007_000042")
+    save_mask(ds.mask_path("2007_000042"), np.where(fine == 0, 0, 1).astype(np.uint8))
+    (tiny_voc / "SegmentationClass" / "2010_000001.png").unlink()  # only the aug mask left
+    assert np.array_equal(ds.load_eval_mask("2007_000042"), fine)
+    assert ds.eval_mask_path("2010_000001") == ds.mask_path("2010_000001")
+    assert ds.image_labels("2007_000042").tolist() == [0]  # labels stay on mask_dir
+
+    val = ds.ids("val")
+    with LabelWriter(tmp_path / "labels.h5", {"classes": list(TINY_CLASSES)}) as w:
+        for image_id in val:
+            w.add(image_id, ds.load_eval_mask(image_id))
+    with caplog.at_level(logging.INFO, logger="wsss"):
+        scored = evaluate_labels(tmp_path / "labels.h5", ds, "val")
+        assert ds.eval_fallbacks(val, "val") == 1
+    said = [r.getMessage() for r in caplog.records if "evaluated ids" in r.getMessage()]
+    assert said == ["split 'val': 1 of 2 evaluated ids have no mask in SegmentationClass and "
+                    "are scored on SegmentationClassAug"]
+    assert scored["miou"] == pytest.approx(1.0)  # scored on the masks it was made from
+    # without eval_mask_dir, the same labels are scored on the altered aug mask: no longer perfect
+    plain = VocDataset.from_config(cfg)
+    assert plain.eval_fallbacks(val, "val") == 0
+    assert evaluate_labels(tmp_path / "labels.h5", plain, "val")["miou"] < 0.99

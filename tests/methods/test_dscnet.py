@@ -184,9 +184,20 @@ def test_contrast_is_the_mean_over_anchors_with_a_positive():
     torch.manual_seed(3)
     x = torch.randn(9, 5, requires_grad=True)
     classes = torch.tensor([0, 2, 0, 1, 2, 2, 3, 0, 1])  # class 3 has no positive
-    per = multi_positive_nce(x, classes, 0.2)
-    assert len(per) == 8
-    assert contrast(x, classes, 0.2).item() == pytest.approx(per.mean().item(), rel=1e-6)
+    assert len(multi_positive_nce(x, classes, 0.2)) == 8
+    # written out: per anchor with a positive, the mean over its positives of
+    # -log(exp(s_ap / tau) / sum_{b != a} exp(s_ab / tau)); then the mean over those 8 anchors
+    # (counting class 3's anchor as a zero would divide by 9)
+    u = x.detach() / x.detach().norm(dim=1, keepdim=True)
+    sim = (u @ u.T / 0.2).tolist()
+    losses = []
+    for a in range(9):
+        positives = [p for p in range(9) if p != a and classes[p] == classes[a]]
+        if positives:
+            norm = math.log(sum(math.exp(sim[a][b]) for b in range(9) if b != a))
+            losses.append(sum(norm - sim[a][p] for p in positives) / len(positives))
+    expected = sum(losses) / len(losses)
+    assert contrast(x, classes, 0.2).item() == pytest.approx(expected, rel=1e-5)
     # nobody has a positive: a zero that still backpropagates
     none = contrast(x, torch.arange(9), 0.2)
     assert none.item() == 0.0 and none.requires_grad
@@ -267,6 +278,23 @@ def test_gradient_paths():
     assert _grads(method, "ce") == {"backbone": True, "projector": True, "refined": True}
 
 
+def test_dscnet_terms_leave_seams_pcm_and_classifier_alone():
+    # PGCL, SGCL and the refined CAM's loss use the base's map only as detached pseudo labels:
+    # they train the projector and the backbone under it, never SEAM's classifier or PCM
+    method = _method("seam")
+    base = method.base
+    pcm = [base.pcm_low.weight, base.pcm_mid.weight, base.pcm_proj.weight]
+    for term in ("pgcl", "sgcl", "ce"):
+        got = _grads(method, term)
+        assert got["backbone"] and got["projector"], term
+        for p in [base.classifier.weight, *pcm]:
+            assert p.grad is None or not p.grad.any(), term
+    # SEAM's own loss still reaches both (the check above is not vacuous)
+    _grads(method, "base")
+    assert base.classifier.weight.grad.abs().sum() > 0
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in pcm)
+
+
 def test_no_gradient_through_assignments_and_weights():
     method = _method("seam")
     batch = _batch()
@@ -305,9 +333,20 @@ def test_infer_from_base_and_refined_cams():
     cams = method.cams(images, labels)
     assert cams.shape == (2, 5, 12, 12) and not cams.requires_grad
     assert torch.equal(cams, method.cams(images, labels))  # deterministic
-    assert not torch.equal(cams, method.base.cams(images, labels))
-    # without labels: the base's predicted classes choose the groups
-    assert method.cams(images).shape == (2, 5, 12, 12)
+    # each image's refined CAM from its own features, map and labels; without labels the
+    # base's predicted classes choose the groups (a mix-up of images or of given and
+    # predicted labels changes the groups and so the CAMs)
+    with torch.no_grad():
+        view = method.base.inference_view(images)
+        guessed = [predicted_labels(view.cam[i].mean(dim=(1, 2))) for i in range(2)]
+        by_hand = [method.refined_cam(view.feat[i], view.pseudo[i], lab)
+                   for i, lab in enumerate(labels)]
+        by_guess = [method.refined_cam(view.feat[i], view.pseudo[i], guessed[i])
+                    for i in range(2)]
+    assert torch.allclose(cams, torch.stack(by_hand), atol=1e-5)
+    assert any(not torch.equal(g, lab) for g, lab in zip(guessed, labels, strict=True))
+    assert not torch.allclose(cams, torch.stack(by_guess), atol=1e-4)
+    assert torch.allclose(method.cams(images), torch.stack(by_guess), atol=1e-5)
 
 
 @pytest.mark.parametrize("base", ["seam", "baseline"])

@@ -79,11 +79,19 @@ def test_csc_level_uses_the_banks_before_the_update():
         assert bank.filled.tolist() == [True, True, True]
         assert not bank.prototypes.requires_grad
     first = [b.prototypes.clone() for b in method.class_banks]
-    second = method.csc(u1, acts, labels, None)
-    assert second.item() > 0
-    # the same inputs again: the update mixes a prototype with itself
-    for bank, before in zip(method.class_banks, first, strict=True):
-        assert torch.allclose(bank.prototypes, before, atol=1e-6)
+    # new inputs: the loss must use the banks of step 1 (an update before the loss would give
+    # another value), and the banks afterwards mix step 2's r_c into them with momentum 0.9
+    u1b = [torch.rand(2, 8, 3, 3, generator=g) for _ in range(2)]
+    actsb = [torch.rand(2, 3, 3, 3, generator=g) for _ in range(2)]
+    reps = [H.class_representations(u, a, labels, 16) for u, a in zip(u1b, actsb, strict=True)]
+    filled = torch.ones(3, dtype=torch.bool)
+    want = sum(H.csc_loss(r, c, first[b], filled, 0.1)
+               for (c, r) in reps for b in (0, 1)) / 2
+    second = method.csc(u1b, actsb, labels, None)
+    assert second.item() == pytest.approx(want.item(), rel=1e-5)
+    for bank, before, (classes, r) in zip(method.class_banks, first, reps, strict=True):
+        mixed = H.unit(0.9 * H.unit(r) + 0.1 * before[classes])
+        assert torch.allclose(bank.prototypes[classes], mixed, atol=1e-5)
 
 
 def test_bank_ema_with_the_papers_momentum():
@@ -296,6 +304,14 @@ def test_training_step_updates_backbone_classifier_and_projectors(base, monkeypa
     assert out["loss"] == pytest.approx(out["base"] + out["hsc"], rel=1e-5)
     for name, w in watched.items():
         assert not torch.equal(w.detach(), before[name]), name
+    # the base loss alone changes backbone and classifier too; against the same step with
+    # every HSC level off, only the HSC terms' reach differs: the backbone (HSC's projectors
+    # sit on it) but not the classifier (the pseudo labels are detached)
+    twin = _method(base, components={"rsc": False, "csc": False, "psc": False})
+    twin_out = _step_terms(twin, _images(), LABELS)
+    assert twin_out["base"] == pytest.approx(out["base"], rel=1e-6) and twin_out["hsc"] == 0
+    assert not torch.allclose(twin.base.backbone.stem[0].weight, watched["backbone"])
+    assert torch.allclose(twin.base.classifier.weight, watched["classifier"], atol=1e-7)
     assert len(workers) == 1 and workers[0][0] >= 3 and workers[0][1] == 2 and pools == [2]
     out = method.training_step({"image": _images(1), "label": LABELS}, 1)
     assert out["csc"] > 0 and math.isfinite(out["loss"])

@@ -115,7 +115,7 @@ def test_er_loss_by_hand_and_by_loop():
     assert er_loss(cam1, cam2, label[:, :, None, None]).item() == pytest.approx(expected, rel=1e-5)
 
 
-def test_ecr_loss_by_hand_and_stop_gradient():
+def test_ecr_loss_by_hand_and_its_gradient():
     target = _grid([0.2, 1.0], [0.8, 0.0], [0.5, 0.0])
     revised = _grid([0.0, 0.0], [0.0, 0.0], [0.0, 0.0]).requires_grad_()
     # 6 entries, top 50% = 3 largest of |target|: 1.0, 0.8, 0.5
@@ -123,8 +123,34 @@ def test_ecr_loss_by_hand_and_stop_gradient():
     # keep_max_foreground zeroes fg2's 0.5 (below fg1's 0.8): top 3 of [.2, 1, .8, 0, 0, 0]
     assert loss.item() == pytest.approx((1.0 + 0.8 + 0.2) / 3)
     assert ecr_loss(target, revised, 0.5).item() == pytest.approx((1.0 + 0.8 + 0.5) / 3)
-    # int(6 * 0.2) = 1: only the largest entry
-    assert ecr_loss(target, revised, 0.2).item() == pytest.approx(1.0)
+    # int(6 * 0.2) = 1: only the largest entry, and only it receives gradient (-1: raising
+    # the revised value towards the target lowers the loss)
+    ecr_loss(target, revised, 0.2).backward()
+    assert revised.grad[0, :, 0].tolist() == [[0.0, -1.0], [0.0, 0.0], [0.0, 0.0]]
+
+
+def test_ecr_targets_are_detached_in_the_training_losses(monkeypatch):
+    # SEAM's stop-gradient: each ecr term's target (the other view's CAM) carries no graph,
+    # its revised CAM does; a missing .detach() would train the classifier towards the PCM
+    import wsss.methods.seam as seam
+
+    calls, real = [], seam.ecr_loss
+
+    def spy(target, revised, top):
+        calls.append((target, revised))
+        return real(target, revised, top)
+
+    monkeypatch.setattr(seam, "ecr_loss", spy)
+    torch.manual_seed(0)
+    method = build_method(_cfg(), 5).train()
+    batch = _batch()
+    method.losses(batch["image"], batch["label"])["ecr"].backward()
+    assert len(calls) == 2
+    for target, revised in calls:
+        assert not target.requires_grad and target.grad_fn is None
+        assert revised.requires_grad and revised.grad_fn is not None
+    assert method.pcm_proj.weight.grad.abs().sum() > 0
+    assert method.classifier.weight.grad is None or not method.classifier.weight.grad.any()
 
 
 def test_settings_defaults_and_registry():
@@ -146,10 +172,20 @@ def test_settings_defaults_and_registry():
         assert id(conv.weight) in new_ids
 
 
-def test_cams_shape_and_nonnegative():
-    method = build_method(_cfg(), 5).eval()
-    cams = method.cams(torch.randn(2, 3, 48, 64))
-    assert cams.shape == (2, 5, 6, 8) and (cams >= 0).all() and not cams.requires_grad
+def test_cams_are_the_revised_foreground_without_dropout():
+    # inference uses the PCM-revised CAM (not the raw CAM, not the background channel) and
+    # switches dropout off: a dropout applied at inference would make two calls differ
+    torch.manual_seed(0)
+    method = build_method(_cfg(dropout=0.5), 5).eval()
+    images = torch.randn(2, 3, 48, 64)
+    cams = method.cams(images)
+    assert torch.equal(cams, method.cams(images))
+    with torch.no_grad():
+        cam, f, _ = method.features(images)
+        revised = pcm_propagate(pcm_preprocess(cam), f)
+    assert cams.shape == (2, 5, 6, 8)
+    assert torch.allclose(cams, revised[:, 1:], atol=1e-6)
+    assert not torch.allclose(cams, cam[:, 1:].clamp_min(0), atol=1e-3)
 
 
 def _batch(seed=0):

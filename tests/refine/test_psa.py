@@ -168,6 +168,9 @@ def test_make_labels_writes_confident_regions(tmp_path, ds):
     with LabelReader(out) as reader:
         values = np.concatenate([reader.get(i).ravel() for i in ds.ids("train")])
     assert {0, 1, 2} <= set(np.unique(values))  # background and both classes are confident
+    # foreground from the low alpha, background from the high alpha leaves an unsure band
+    # between them; with the two alphas swapped every pixel would be confident
+    assert 0.01 < (values == 255).mean() < 0.9
 
 
 def test_train_and_refine_end_to_end(tmp_path, ds, classifier):
@@ -185,7 +188,14 @@ def test_train_and_refine_end_to_end(tmp_path, ds, classifier):
         "network.pt", "affinity.log.csv", "affinity.checkpoint.pt"}
     log = (tmp_path / "psa" / "affinity.log.csv").read_text().splitlines()
     assert len(log) == 1 + len(ids) // TRAINING["batch_size"]
-    assert {"bg_pos", "fg_pos", "neg", "loss"} <= set(log[0].split(","))
+    header = log[0].split(",")
+    assert {"bg_pos", "fg_pos", "neg", "loss"} <= set(header)
+    for row in log[1:]:  # PSA's weighting of the logged terms, every step finite
+        v = dict(zip(header, row.split(","), strict=True))
+        terms = {k: float(v[k]) for k in ("bg_pos", "fg_pos", "neg", "loss")}
+        assert all(np.isfinite(list(terms.values()))) and terms["neg"] > 0
+        assert terms["loss"] == pytest.approx(
+            terms["bg_pos"] / 4 + terms["fg_pos"] / 4 + terms["neg"] / 2, rel=1e-4)
 
     # one image without classes; the walk may use another radius than training did
     cams = _gt_cams(ds, ids, tmp_path / "cams2.h5", empty={ids[1]})

@@ -113,7 +113,9 @@ def dataset_block() -> dict:
     d = config["dataset"]
     root = f"{RESULTS}/data/voc" if d["kind"] == "synthetic" else d["root"]
     keys = ("name", "splits", "mask_dir", "label_source", "classes")
-    return {"root": root, **{k: d[k] for k in keys}}
+    # only when set, so that a run without it keeps its params (and its results) as they were
+    extra = {"eval_mask_dir": d["eval_mask_dir"]} if d.get("eval_mask_dir") else {}
+    return {"root": root, **{k: d[k] for k in keys}, **extra}
 
 
 DATASET_JSON = as_json(dataset_block())

@@ -4,9 +4,13 @@ Layout under `root`::
 
     JPEGImages/<id>.jpg            RGB images (.png accepted when no .jpg exists)
     <mask_dir>/<id>.png            class-index masks: 0 background, k+1 <-> classes[k], 255 void
+    <eval_mask_dir>/<id>.png       optional: ground truth for evaluation where it has the id
+                                   (VOC's SegmentationClass), else <mask_dir>'s mask
     Annotations/<id>.xml           object names (only for label_source == "xml")
     <split list files>             one id per line, or SBD-style "/JPEGImages/id.jpg /Seg.../id.png"
-    classes.txt                    optional: foreground names, one per line
+    classes.txt                    optional: foreground names, one per line; a leading
+                                   `background` / `_background_` entry (mmsegmentation's and
+                                   many converted datasets' lists) is skipped
 
 Image ids are kept as strings everywhere: VOC ids such as "2007_000032" are valid Python int
 literals (underscores are digit separators), so any int round trip would silently corrupt them.
@@ -14,6 +18,7 @@ literals (underscores are digit separators), so any int round trip would silentl
 
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
 import xml.etree.ElementTree as ET
@@ -32,8 +37,13 @@ VOC_CLASSES: tuple[str, ...] = (
 
 VOID = 255
 _IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
-_CONFIG_KEYS = {"root", "splits", "mask_dir", "label_source", "classes"}
+_CONFIG_KEYS = {"root", "splits", "mask_dir", "eval_mask_dir", "label_source", "classes"}
 _LABEL_SOURCES = ("masks", "xml")
+# names a class list may give index 0 (mask value 0) under; never a foreground class
+_BACKGROUND_NAMES = ("background", "_background_", "__background__")
+
+log = logging.getLogger(__name__)
+_said: set[str] = set()  # say things once per process, not once per call
 
 
 def _voc_colormap(n: int = 256) -> list[int]:
@@ -82,6 +92,19 @@ def _read_lines(path: Path) -> list[str]:
     return [line.strip() for line in path.read_text().splitlines() if line.strip()]
 
 
+def foreground_classes(names: list[str] | tuple[str, ...], source: str) -> tuple[str, ...]:
+    """`names` without a leading background entry, which would otherwise be taken as foreground
+    class 1 and shift every XML label by one against the masks; logs the skip once per source."""
+    names = tuple(names)
+    if names and names[0].strip().lower() in _BACKGROUND_NAMES:
+        if source not in _said:
+            _said.add(source)
+            log.info("%s: first class %r is the background (mask value 0); skipped, %d "
+                     "foreground classes remain", source, names[0], len(names) - 1)
+        return names[1:]
+    return names
+
+
 def _id_from_token(token: str) -> str:
     # SBD lists give paths ("/JPEGImages/2007_000032.jpg"); plain lists give bare ids. Only strip
     # known image suffixes so ids that contain dots survive.
@@ -101,6 +124,9 @@ class VocDataset:
     splits: dict[str, str] = field(default_factory=dict)
     mask_dir: str = "SegmentationClass"
     label_source: str = "masks"
+    # None: evaluate on mask_dir. VOC + SBD: SegmentationClass, the papers' ground truth for the
+    # 1,464 train and 1,449 val ids, while the aug masks stay the fallback for the other ids
+    eval_mask_dir: str | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "root", Path(self.root))
@@ -120,11 +146,13 @@ class VocDataset:
     def __hash__(self) -> int:
         # the generated hash would fail on the `splits` dict; callers cache per dataset
         splits = tuple(sorted(self.splits.items()))
-        return hash((self.root, self.classes, splits, self.mask_dir, self.label_source))
+        return hash((self.root, self.classes, splits, self.mask_dir, self.label_source,
+                     self.eval_mask_dir))
 
     @classmethod
     def from_config(cls, cfg: dict[str, Any]) -> VocDataset:
-        """Build from a config dict (keys: root, splits, mask_dir, label_source, classes)."""
+        """Build from a config dict (keys: root, splits, mask_dir, eval_mask_dir, label_source,
+        classes)."""
         unknown = sorted(set(cfg) - _CONFIG_KEYS)
         if unknown:
             raise DatasetError(f"dataset config: unknown key(s) {unknown}")
@@ -134,15 +162,18 @@ class VocDataset:
         if not root.is_dir():
             raise DatasetError(f"{root}: dataset root does not exist or is not a directory")
         classes = cfg.get("classes")
+        source = f"{root}: dataset config 'classes'"
         if classes is None:
             classes_file = root / "classes.txt"
+            source = str(classes_file)
             classes = _read_lines(classes_file) if classes_file.is_file() else VOC_CLASSES
         return cls(
             root=root,
-            classes=tuple(classes),
+            classes=foreground_classes(classes, source),
             splits=dict(cfg.get("splits") or {}),
             mask_dir=cfg.get("mask_dir") or "SegmentationClass",
             label_source=cfg.get("label_source") or "masks",
+            eval_mask_dir=cfg.get("eval_mask_dir") or None,
         )
 
     @property
@@ -193,9 +224,38 @@ class VocDataset:
         except (OSError, SyntaxError, ValueError) as err:
             raise DatasetError(f"image '{image_id}' ({path}) is unreadable: {err}") from err
 
+    def eval_mask_path(self, image_id: str) -> Path:
+        """The ground truth evaluation scores against: eval_mask_dir's mask where it exists."""
+        if self.eval_mask_dir is not None:
+            path = self.root / self.eval_mask_dir / f"{image_id}.png"
+            if path.is_file():
+                return path
+        return self.mask_path(image_id)
+
+    def _has_eval_mask(self, image_id: str) -> bool:
+        return (self.root / str(self.eval_mask_dir) / f"{image_id}.png").is_file()
+
+    def eval_fallbacks(self, ids: list[str], split: str) -> int:
+        """How many of `ids` have no eval_mask_dir mask (scored on mask_dir's); logs it once."""
+        if self.eval_mask_dir is None:
+            return 0
+        missing = sum(not self._has_eval_mask(i) for i in ids)
+        key = f"{self.root}:{self.eval_mask_dir}:{split}:{len(ids)}"
+        if key not in _said:
+            _said.add(key)
+            log.info("split '%s': %d of %d evaluated ids have no mask in %s and are scored on "
+                     "%s", split, missing, len(ids), self.eval_mask_dir, self.mask_dir)
+        return missing
+
+    def load_eval_mask(self, image_id: str) -> np.ndarray:
+        """Ground-truth mask for evaluation (see eval_mask_path); checked as load_mask is."""
+        return self._read_mask(image_id, self.eval_mask_path(image_id))
+
     def load_mask(self, image_id: str) -> np.ndarray:
         """H×W uint8 class indices (palette indices of a P image, or values of an L image)."""
-        path = self.mask_path(image_id)
+        return self._read_mask(image_id, self.mask_path(image_id))
+
+    def _read_mask(self, image_id: str, path: Path) -> np.ndarray:
         if not path.is_file():
             raise DatasetError(f"{path}: mask of '{image_id}' does not exist")
         try:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import functools
 import json
 import logging
 import math
@@ -20,12 +21,15 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
+import yaml
 from tqdm import tqdm
 
+from wsss import registry
 from wsss.data.transforms import pad_batch, scaled_views, upsample
 from wsss.deeplab.training import DeepLab, as_device, load_deeplab
 from wsss.ops.densecrf import crf_params, dense_crf
 from wsss.ops.pool import background_pool
+from wsss.schema import BASE_SCHEMA
 from wsss.store import LabelWriter
 
 if TYPE_CHECKING:
@@ -67,6 +71,21 @@ def multiscale_probs(method: DeepLab, images: Sequence[np.ndarray], scales: Sequ
     return [p / (len(scales) * per) for p in probs]
 
 
+@functools.cache
+def _schema_crf_defaults() -> dict[str, Any]:
+    # the schema's deeplab.inference.crf block is the one place DeepLab's CRF defaults live;
+    # the shared `crf_params` defaults are PSA's kernels, which DeepLab must not inherit
+    schema = yaml.safe_load(BASE_SCHEMA.read_text())
+    inference = schema["properties"]["deeplab"]["properties"]["inference"]["properties"]
+    return registry.defaults(inference["crf"])
+
+
+def deeplab_crf(given: dict[str, Any] | None) -> dict[str, Any]:
+    """DeepLab's CRF settings: `given` (a `deeplab.inference.crf` block, possibly partial or
+    None) over the config schema's DeepLab defaults (not the shared PSA kernels)."""
+    return crf_params(registry.merge_defaults(_schema_crf_defaults(), given))
+
+
 def crf_label(image: np.ndarray, probs: np.ndarray, params: dict[str, Any]) -> np.ndarray:
     """uint8 argmax of DeepLab's dense CRF (unary -log probs) on one image (a pool task)."""
     return dense_crf(image, probs, params).argmax(axis=0).astype(np.uint8)
@@ -87,7 +106,7 @@ def predict(weights_path: str | os.PathLike, ds: VocDataset, split: str, cfg: di
     inference = cfg["inference"]
     scales, flip = [float(s) for s in inference["scales"]], bool(inference["flip"])
     bs = int(inference["batch_size"])
-    params = crf_params(inference.get("crf")) if crf_out_path is not None else None
+    params = deeplab_crf(inference.get("crf")) if crf_out_path is not None else None
     ids = ds.ids(split)
     threads = max(1, threads)
     # forked first: before the network's threads exist and before any HDF5 file is open

@@ -100,7 +100,9 @@ class PrototypeBank(nn.Module):
     initial value (the HSC code starts from unnormalised torch.randn, which only delays the
     prototypes becoming meaningful); `filled` tells which classes have been seen, so losses can
     leave unseen prototypes out of their denominators. Prototypes and `filled` are buffers:
-    saved in checkpoints, so a resumed run continues with the same banks.
+    saved in checkpoints, so a resumed run continues with the same banks. The bank follows its
+    owner's train()/eval(): in eval mode `update` does nothing, so computing the losses of a
+    method under eval() (a validation loss, a diagnostic) leaves its banks as training left them.
     """
 
     def __init__(self, num_classes: int, dim: int, momentum: float):
@@ -111,8 +113,9 @@ class PrototypeBank(nn.Module):
 
     @torch.no_grad()
     def update(self, classes: torch.Tensor, reps: torch.Tensor) -> None:
-        """EMA update of the prototypes of `classes` (M,) with `reps` (M, D), detached."""
-        if len(classes) == 0:
+        """EMA update of the prototypes of `classes` (M,) with `reps` (M, D), detached; a no-op
+        unless the bank (its owner) is in training mode."""
+        if not self.training or len(classes) == 0:
             return
         reps = unit(reps.detach().float())
         old = self.prototypes[classes]

@@ -74,8 +74,8 @@ shared/notes/reference-implementations.md §4):
   under no_grad and normalises them); the cells of B_c are those labelled c (the paper; HSC's code
   ranks every cell by activation). The background activation is 1 - max foreground activation
   (HSC's code uses the constant 0.10 plane, which makes its background top-k arbitrary).
-- Cross-CAM contrast pairs the other view's labels with this view's prototypes (eq. 13); HSC's
-  code pairs them with the other view's prototypes.
+- Cross-CAM contrast pairs the other view's labels with this view's prototypes, as eq. 13 and
+  HSC's code do.
 - Cells whose label has no prototype in a term (class absent from the other view's labels,
   unfilled momentum prototype) are left out of that term; each PSC term is a mean over its cells.
 - RSC images without ROI or without background cells are left out of eq. 4. The cosine clamp

@@ -348,10 +348,12 @@ def padding_free_extent(images: torch.Tensor) -> list[tuple[int, int]]:
 
 def _stage_widths(backbone: nn.Module) -> list[int]:
     """Output channels of every backbone stage, read off a tiny forward pass (no bookkeeping
-    per backbone kind to keep in sync)."""
-    was_training = backbone.training
+    per backbone kind to keep in sync). Every submodule gets back the mode it had: a
+    `backbone.train()` would put frozen BatchNorm back into train mode."""
+    modes = [(m, m.training) for m in backbone.modules()]
     backbone.eval()
     with torch.no_grad():
         outs = backbone.forward_stages(torch.zeros(1, 3, 32, 32))
-    backbone.train(was_training)
+    for module, mode in modes:
+        module.training = mode
     return [o.shape[1] for o in outs]
