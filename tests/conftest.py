@@ -128,3 +128,15 @@ def misname_xml_object(root: Path, image_id: str, new_names: list[str]) -> None:
     table = {**TINY_TRAIN, **TINY_VAL}
     h, w, _ = table[image_id]
     _write_xml(root / "Annotations" / f"{image_id}.xml", image_id, h, w, new_names)
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny tensors: on a busy machine OpenMP's thread hand-offs, not the arithmetic, would set
+    the pace. Modules that train on tiny tensors use it for every test (`pytestmark`)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

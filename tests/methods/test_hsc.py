@@ -41,14 +41,7 @@ def _images(seed=0, n=3, size=96):
 NO_CRF = {"psc": False, "rsc_csc": False}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors: on a busy machine OpenMP's thread hand-offs, not the arithmetic, would set
-    the pace. The CRF pool's size is set per test (`crf_workers`), not by this."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 # -- ROI level ------------------------------------------------------------------------------------

@@ -9,13 +9,7 @@ from wsss.models.backbones import build_backbone
 from wsss.refine import irn, psa
 from wsss.refine import irn_boundary as ib
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def _squares(n: int = 2, size: int = 64, seed: int = 0) -> dict[str, torch.Tensor]:
