@@ -27,6 +27,9 @@ class FixedMethod(torch.nn.Module):
     def seg_logits(self, images: torch.Tensor) -> torch.Tensor:
         return self.fn(images)
 
+    def cams_and_seg(self, images: torch.Tensor, labels: torch.Tensor | None = None):
+        return self.fn(images), self.fn(images)
+
 
 def two_regions(h: int = 32, w: int = 48) -> tuple[np.ndarray, np.ndarray]:
     """A red left half and a blue right half, and its truth (1 on the right)."""

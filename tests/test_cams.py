@@ -137,3 +137,35 @@ def test_normalise_divides_each_plane_by_its_own_peak():
     assert out[0, 0, 0] == pytest.approx(1.0, abs=1e-4)
     assert out[1, 1, 1] == pytest.approx(1.0, abs=1e-4)
     assert np.all(out[2] == 0) and out.dtype == np.float32
+
+
+def test_a_head_method_runs_its_trunk_once_per_view_batch():
+    """CAMs and segmentation come from one forward pass per scale (`cams_and_seg`), not from
+    `cams` and `seg_logits` separately, and equal what the two give."""
+    from fakes import FixedMethod
+
+    from wsss.cams import multiscale_maps
+
+    calls = []
+
+    class Counting(FixedMethod):
+        def cams(self, images, labels=None):
+            calls.append("cams")
+            return super().cams(images, labels)
+
+        def seg_logits(self, images):
+            calls.append("seg")
+            return super().seg_logits(images)
+
+        def cams_and_seg(self, images, labels=None):
+            calls.append("both")
+            return self.fn(images), self.fn(images)
+
+    image = _two_colour(20, 24, 10)
+    keys = [np.array([0, 1])]
+    cams, seg = multiscale_maps(Counting(_colours, 2), [image], keys, [1.0, 0.5], True, "mean")
+    assert calls == ["both", "both"]
+    alone = multiscale_cams(FixedMethod(_colours, 2), [image], keys, [1.0, 0.5], True)
+    torch.testing.assert_close(cams[0][0], alone[0][0])
+    assert seg[0].shape == (2, 20, 24)
+    torch.testing.assert_close(seg[0].sum(dim=0), torch.ones(20, 24))

@@ -122,7 +122,7 @@ def test_lazy_imports_count(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("module", ["wsss.cli.crf", "wsss.cli.summary"])
-def test_a_stage_does_not_reach_torch_free_stages_it_does_not_run(module):
+def test_a_command_reaches_only_its_own_stage(module):
     """The CLI package lists its commands at run time, so one command's code inputs do not
     include the other stages (an edit to DeepLab does not rerun the CRF)."""
     from wsss.imports import closure

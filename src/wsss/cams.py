@@ -39,20 +39,30 @@ DEFAULT_SEG_FUSION = "mean"  # the schema's default of inference.seg_fusion
 
 
 @torch.no_grad()
-def multiscale_cams(
+def multiscale_maps(
     method,
     images: Sequence[np.ndarray],
     keys: Sequence[np.ndarray],
     scales: Sequence[float],
     flip: bool,
-) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """Per image: the planes of its `keys`, summed over scales and flips, as
-    (K×H×W full resolution, K×⌈H/4⌉×⌈W/4⌉ stride 4), ReLU'd and not yet normalised."""
+    fusion: str | None = None,
+) -> tuple[list[tuple[torch.Tensor, torch.Tensor]], list[torch.Tensor] | None]:
+    """One pass over the scaled (and mirrored) views of `images`, batched per scale.
+
+    CAMs: per image the planes of its `keys`, summed over scales and flips, as (K×H×W full
+    resolution, K×⌈H/4⌉×⌈W/4⌉ stride 4), ReLU'd and not yet normalised. With a `fusion`
+    (methods with a segmentation head) also per image (C+1)×H×W class probabilities from the
+    same views, fused by "mean" (of the softmax probabilities) or "max" (softmax of the max
+    logit); the method's `cams_and_seg` gives both maps of a batch from one forward pass.
+    """
+    if fusion is not None:
+        check_seg_fusion(fusion)
     device = method.device
     sizes = [img.shape[:2] for img in images]
     lows = [(math.ceil(h / 4), math.ceil(w / 4)) for h, w in sizes]
     full = [torch.zeros(len(k), h, w, device=device) for k, (h, w) in zip(keys, sizes, strict=True)]
     low = [torch.zeros(len(k), *hw, device=device) for k, hw in zip(keys, lows, strict=True)]
+    fused: list[torch.Tensor | None] = [None] * len(images)
     views = [scaled_views(img, scales, flip) for img in images]
     per = 2 if flip else 1
     labels = torch.zeros(len(images) * per, method.num_classes, device=device)
@@ -61,7 +71,11 @@ def multiscale_cams(
     for s in range(len(scales)):
         arrays = [v for per_image in views for v in per_image[s]]
         batch = pad_batch(arrays).to(device)
-        maps = F.relu(method.cams(batch, labels))
+        if fusion is None:
+            raw, logits = method.cams(batch, labels), None
+        else:
+            raw, logits = method.cams_and_seg(batch, labels)
+        maps = F.relu(raw)
         # below the true stride unless the padded height is a multiple of it (`grid_stride` is
         # exact); kept, because the default run's numbers depend on it
         stride = batch.shape[2] / maps.shape[2]
@@ -80,7 +94,41 @@ def multiscale_cams(
                 eh = max(oh, math.ceil(ch * stride * oh / vh))
                 ew = max(ow, math.ceil(cw * stride * ow / vw))
                 out += upsample(m[None], (eh, ew))[0, :, :oh, :ow]
-    return list(zip(full, low, strict=True))
+        if logits is not None:
+            _add_seg(fused, logits.float(), arrays, sizes, per, fusion,
+                     grid_stride(batch.shape[2], logits.shape[2]))
+    cams = list(zip(full, low, strict=True))
+    if fusion is None:
+        return cams, None
+    if fusion == "mean":
+        return cams, [f / (len(scales) * per) for f in fused]
+    return cams, [f.softmax(dim=0) for f in fused]
+
+
+def _add_seg(fused: list[torch.Tensor | None], logits: torch.Tensor, arrays: list[np.ndarray],
+             sizes: list[tuple[int, int]], per: int, fusion: str, stride: int) -> None:
+    """Fold one scale's segmentation logits into each image's running fusion."""
+    for i, (h, w) in enumerate(sizes):
+        vh, vw = arrays[i * per].shape[1:]
+        ch, cw = math.ceil(vh / stride), math.ceil(vw / stride)
+        m = logits[i * per : (i + 1) * per, :, :ch, :cw]
+        if per == 2:
+            m = torch.stack([m[0], m[1].flip(-1)])
+        eh = max(h, math.ceil(ch * stride * h / vh))
+        ew = max(w, math.ceil(cw * stride * w / vw))
+        up = upsample(m, (eh, ew))[:, :, :h, :w]
+        if fusion == "mean":
+            part = up.softmax(dim=1).sum(dim=0)
+            fused[i] = part if fused[i] is None else fused[i] + part
+        else:
+            part = up.amax(dim=0)
+            fused[i] = part if fused[i] is None else torch.maximum(fused[i], part)
+
+
+def multiscale_cams(method, images: Sequence[np.ndarray], keys: Sequence[np.ndarray],
+                    scales: Sequence[float], flip: bool) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The CAMs of `multiscale_maps` alone."""
+    return multiscale_maps(method, images, keys, scales, flip)[0]
 
 
 def grid_stride(size: int, cells: int) -> int:
@@ -91,49 +139,6 @@ def grid_stride(size: int, cells: int) -> int:
     while math.ceil(size / s) > cells:
         s *= 2
     return s
-
-
-@torch.no_grad()
-def multiscale_seg(
-    method,
-    images: Sequence[np.ndarray],
-    scales: Sequence[float],
-    flip: bool,
-    fusion: str = DEFAULT_SEG_FUSION,
-) -> list[torch.Tensor]:
-    """Per H×W×3 image, (C+1)×H×W class probabilities from the method's `seg_logits` over the
-    views of `multiscale_cams` (the same scales, mirrors and padding; each view's logits cropped
-    to the cells that see it, resized to the extent they cover and cropped to the image), fused
-    over views by `fusion`: "mean" of the softmax probabilities or softmax of the max logit."""
-    check_seg_fusion(fusion)
-    device = method.device
-    sizes = [img.shape[:2] for img in images]
-    views = [scaled_views(img, scales, flip) for img in images]
-    per = 2 if flip else 1
-    fused: list[torch.Tensor | None] = [None] * len(images)
-    for s in range(len(scales)):
-        arrays = [v for per_image in views for v in per_image[s]]
-        batch = pad_batch(arrays).to(device)
-        logits = method.seg_logits(batch).float()
-        stride = grid_stride(batch.shape[2], logits.shape[2])
-        for i, (h, w) in enumerate(sizes):
-            vh, vw = arrays[i * per].shape[1:]
-            ch, cw = math.ceil(vh / stride), math.ceil(vw / stride)
-            m = logits[i * per : (i + 1) * per, :, :ch, :cw]
-            if flip:
-                m = torch.stack([m[0], m[1].flip(-1)])
-            eh = max(h, math.ceil(ch * stride * h / vh))
-            ew = max(w, math.ceil(cw * stride * w / vw))
-            up = upsample(m, (eh, ew))[:, :, :h, :w]
-            if fusion == "mean":
-                part = up.softmax(dim=1).sum(dim=0)
-                fused[i] = part if fused[i] is None else fused[i] + part
-            else:
-                part = up.amax(dim=0)
-                fused[i] = part if fused[i] is None else torch.maximum(fused[i], part)
-    if fusion == "mean":
-        return [f / (len(scales) * per) for f in fused]
-    return [f.softmax(dim=0) for f in fused]
 
 
 def check_seg_fusion(fusion: Any) -> None:
@@ -182,9 +187,8 @@ def extract_cams(
             chunk = list(ids[start : start + bs])
             images = [dataset.load_image(i) for i in chunk]
             keys = [np.asarray(labels[i], dtype=np.int64) for i in chunk]
-            cams = multiscale_cams(method, images, keys, scales, flip)
-            segs = ([p.cpu().numpy() for p in multiscale_seg(method, images, scales, flip, fusion)]
-                    if fusion is not None else [None] * len(chunk))
+            cams, seg = multiscale_maps(method, images, keys, scales, flip, fusion)
+            segs = [p.cpu().numpy() for p in seg] if seg is not None else [None] * len(chunk)
             for image_id, k, (full, low), seg in zip(chunk, keys, cams, segs, strict=True):
                 writer.add(image_id, normalise(full), k, cam_lowres=normalise(low), seg=seg)
             bar.update(len(chunk))

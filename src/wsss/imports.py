@@ -16,7 +16,7 @@ import functools
 from collections.abc import Iterable
 from pathlib import Path
 
-from wsss.registry import PACKAGE_ROOT
+from wsss.registry import PACKAGE_ROOT, module_name
 
 PACKAGE = "wsss"
 
@@ -32,15 +32,6 @@ def module_path(module: str) -> Path | None:
     if (base / "__init__.py").is_file():
         return base / "__init__.py"
     return None
-
-
-def module_name(path: Path) -> str:
-    """`wsss.x.y` for src/wsss/x/y.py (and `wsss.x` for src/wsss/x/__init__.py)."""
-    rel = Path(path).resolve().relative_to(PACKAGE_ROOT.parent).with_suffix("")
-    parts = list(rel.parts)
-    if parts[-1] == "__init__":
-        parts.pop()
-    return ".".join(parts)
 
 
 def _is_package(module: str) -> bool:

@@ -76,9 +76,12 @@ def _declarations(path: Path) -> list[dict[str, Any]]:
     return []
 
 
-def _module_name(path: Path) -> str:
-    rel = path.relative_to(PACKAGE_ROOT.parent).with_suffix("")
-    return ".".join(rel.parts)
+def module_name(path: Path) -> str:
+    """`wsss.x.y` for src/wsss/x/y.py (and `wsss.x` for src/wsss/x/__init__.py)."""
+    parts = list(Path(path).resolve().relative_to(PACKAGE_ROOT.parent).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
 
 
 def plugin_files() -> list[Path]:
@@ -94,7 +97,7 @@ def plugin_files() -> list[Path]:
 @functools.cache
 def _scan(plugins: tuple[Path, ...]) -> dict[str, dict[str, Component]]:
     found: dict[str, list[tuple[Any, Component]]] = {k: [] for k in KINDS}
-    sources = [(p, _module_name(p)) for p in sorted(PACKAGE_ROOT.rglob("*.py"))]
+    sources = [(p, module_name(p)) for p in sorted(PACKAGE_ROOT.rglob("*.py"))]
     sources += [(p, f"file:{p}") for p in plugins]
     for path, module in sources:
         for decl in _declarations(path):
@@ -172,6 +175,17 @@ def merge_defaults(base: dict[str, Any], given: dict[str, Any] | None) -> dict[s
     return out
 
 
+def declared_settings(register: dict[str, Any], given: dict[str, Any] | None) -> dict[str, Any]:
+    """A component's settings from its own REGISTER literal: the declared defaults with `given`
+    merged in. A refiner block keeps its kind's name under `refiner`, first, as every refiner
+    records its block."""
+    base = defaults(register.get("schema"))
+    if register.get("kind") == "refiner":
+        base = {"refiner": register["name"], **base}
+    return merge_defaults(base, given)
+
+
 def settings(kind: str, name: str, given: dict[str, Any] | None) -> dict[str, Any]:
-    """A component's settings: its declared defaults with `given` merged in."""
-    return merge_defaults(defaults(component(kind, name).schema), given)
+    """A component's settings by name (see `declared_settings`)."""
+    comp = component(kind, name)
+    return declared_settings({"kind": kind, "name": name, "schema": comp.schema}, given)

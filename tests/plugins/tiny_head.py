@@ -70,3 +70,11 @@ class TinyHead(BaselineCAM):
     def seg_logits(self, images: torch.Tensor) -> torch.Tensor:
         with self.autocast():
             return self.head(self.backbone(images)).float()
+
+    @torch.no_grad()
+    def cams_and_seg(self, images: torch.Tensor, labels: torch.Tensor | None = None
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Both maps from one pass of the shared backbone."""
+        with self.autocast():
+            feat = self.backbone(images)
+            return self.classifier(feat).float(), self.head(feat).float()

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from fakes import FixedMethod as _Head
 
-from wsss.cams import multiscale_seg
+from wsss.cams import multiscale_maps
 from wsss.cli import main
 from wsss.data.voc import VocDataset
 from wsss.errors import ConfigError
@@ -21,6 +21,12 @@ from wsss.refine import seghead
 from wsss.store import CamReader, CamWriter, LabelReader, StoreError
 
 PLUGIN = Path(__file__).resolve().parents[1] / "plugins" / "tiny_head.py"
+
+
+def _seg(method, images, scales, flip, fusion="mean"):
+    """The fused segmentation of `multiscale_maps` (no CAM planes asked for)."""
+    keys = [np.zeros(0, np.int64)] * len(images)
+    return multiscale_maps(method, images, keys, scales, flip, fusion)[1]
 
 
 def _by_scale(images: torch.Tensor) -> torch.Tensor:
@@ -34,8 +40,8 @@ def _by_scale(images: torch.Tensor) -> torch.Tensor:
 def test_mean_fuses_probabilities_and_max_fuses_logits(flip):
     image = np.full((16, 24, 3), 100, np.uint8)
     scales = [1.0, 0.5]
-    (mean,) = multiscale_seg(_Head(_by_scale), [image], scales, flip, "mean")
-    (peak,) = multiscale_seg(_Head(_by_scale), [image], scales, flip, "max")
+    (mean,) = _seg(_Head(_by_scale), [image], scales, flip, "mean")
+    (peak,) = _seg(_Head(_by_scale), [image], scales, flip, "max")
     full, half = torch.tensor([0.0, 2.0, 0.0]), torch.tensor([0.0, 0.0, 4.0])
     expected_mean = (full.softmax(0) + half.softmax(0)) / 2
     expected_max = torch.maximum(full, half).softmax(0)
@@ -44,7 +50,7 @@ def test_mean_fuses_probabilities_and_max_fuses_logits(flip):
     # the two differ in kind: the mean prefers class 2 less than the max of logits does
     assert mean.argmax(0).unique().tolist() == [2] and peak[2, 0, 0] > mean[2, 0, 0] + 0.2
     with pytest.raises(ConfigError, match="seg_fusion.*'median'"):
-        multiscale_seg(_Head(_by_scale), [image], scales, flip, "median")
+        _seg(_Head(_by_scale), [image], scales, flip, "median")
 
 
 def _colours(images: torch.Tensor) -> torch.Tensor:
@@ -62,8 +68,8 @@ def _two_colour(h: int, w: int, split: int) -> np.ndarray:
 def test_seg_probabilities_land_on_the_right_pixels_whatever_the_batch():
     images = [(_two_colour(44, 60, 27), 27), (_two_colour(37, 30, 13), 13)]
     scales = [1.0, 0.5, 1.5]
-    probs = multiscale_seg(_Head(_colours), [im for im, _ in images], scales, True)
-    alone = multiscale_seg(_Head(_colours), [images[1][0]], scales, True)
+    probs = _seg(_Head(_colours), [im for im, _ in images], scales, True)
+    alone = _seg(_Head(_colours), [images[1][0]], scales, True)
     for (image, split), p in zip(images, probs, strict=True):
         assert p.shape == (3, *image.shape[:2])
         torch.testing.assert_close(p.sum(0), torch.ones(image.shape[:2]))

@@ -91,6 +91,13 @@ class Method(Trainable):
         `seg_head` in its REGISTER); methods without one do not override this."""
         raise NotImplementedError(f"{type(self).__name__} has no segmentation head")
 
+    def cams_and_seg(self, images: torch.Tensor, labels: torch.Tensor | None = None
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Both maps of a batch, for CAM extraction of a method with a segmentation head. This
+        default runs two forward passes; a method whose CAMs and head share a trunk overrides
+        it to run the trunk once."""
+        return self.cams(images, labels), self.seg_logits(images)
+
     # -- training -------------------------------------------------------------------------
     def init_from(self, state_dict: dict[str, Any], source: str = "the given weights") -> int:
         """Start from another variant's trained weights (`init_from:`): load every entry of

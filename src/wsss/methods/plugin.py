@@ -46,8 +46,7 @@ class PluginMethod(Method):
         super().__init__(cfg, num_classes)
         declared = registry.component("method", self.registry_name)
         self.block = declared.get("block") or declared.name
-        self.settings = registry.merge_defaults(registry.defaults(declared.schema),
-                                                cfg.get(self.block))
+        self.settings = registry.settings("method", declared.name, cfg.get(self.block))
         key = f"{self.block}.base"
         base = self.settings.get("base")
         bases = base_names()

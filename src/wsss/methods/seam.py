@@ -96,8 +96,7 @@ PCM_LOW, PCM_MID, PCM_OUT = 64, 128, 192  # SEAM's widths for the two stages and
 
 def seam_settings(cfg: dict[str, Any]) -> dict[str, Any]:
     """The method block's `seam` sub-block with SEAM's defaults for every key left out."""
-    return registry.merge_defaults(registry.defaults(REGISTER["schema"]),
-                                   cfg.get(REGISTER["block"]))
+    return registry.declared_settings(REGISTER, cfg.get(REGISTER["block"]))
 
 
 def resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

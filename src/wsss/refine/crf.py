@@ -70,7 +70,7 @@ log = logging.getLogger(__name__)
 
 def settings(cfg: dict[str, Any] | None) -> dict[str, Any]:
     """The CRF refiner block `cfg` completed with the REGISTER schema's defaults."""
-    return registry.merge_defaults(registry.defaults(REGISTER["schema"]), cfg)
+    return registry.declared_settings(REGISTER, cfg)
 
 
 def cam_probs(cams: np.ndarray, bg: dict[str, Any]) -> np.ndarray:

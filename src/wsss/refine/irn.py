@@ -38,6 +38,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from wsss import registry
 from wsss.ops.densecrf import label_crf
 from wsss.refine import learned
 from wsss.refine.crf import cam_probs, label_crf_labels
@@ -107,7 +108,7 @@ REGISTER = {
 def settings(cfg: dict[str, Any] | None) -> dict[str, Any]:
     """`cfg` completed with the REGISTER defaults for every key it leaves out (nested blocks
     merged)."""
-    return learned.settings(REGISTER, cfg)
+    return registry.declared_settings(REGISTER, cfg)
 
 
 # -- stage 1: inter-pixel relation labels -----------------------------------------------------

@@ -34,13 +34,6 @@ Build = Callable[[dict[str, Any], int, Backbone], Trainable]
 StartWalks = Callable[[CamReader, list[str]], Iterable[tuple[str, Any, Any, Any]]]
 
 
-def settings(register: dict[str, Any], cfg: dict[str, Any] | None) -> dict[str, Any]:
-    """A refiner block completed with its kind's REGISTER defaults (nested blocks merged), with
-    the kind's name under `refiner` (first, as the block writes it)."""
-    base = {"refiner": register["name"], **registry.defaults(register["schema"])}
-    return registry.merge_defaults(base, cfg)
-
-
 def as_device(device: torch.device | str) -> torch.device:
     return pick_device(device) if isinstance(device, str) else device
 
@@ -56,7 +49,7 @@ def train_network(register: dict[str, Any], build: Build, ds: VocDataset, split:
     The network starts from the classifier's backbone (`frozen`: fixed, as IRN keeps it); its
     new layers' initial weights are drawn after seeding with `training.seed`.
     """
-    cfg = settings(register, cfg)
+    cfg = registry.declared_settings(register, cfg)
     training = cfg["training"]
     ids = ds.ids(split)
     with LabelReader(label_path) as reader:

@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from wsss import registry
 from wsss.data.transforms import normalize, upsample
 from wsss.models.backbones import Backbone, freeze_batchnorm
 from wsss.refine import learned
@@ -101,7 +102,7 @@ NEG_FLOOR = 1e-5
 def settings(cfg: dict[str, Any] | None) -> dict[str, Any]:
     """`cfg` completed with the REGISTER defaults for every key it leaves out (nested blocks
     merged)."""
-    return learned.settings(REGISTER, cfg)
+    return registry.declared_settings(REGISTER, cfg)
 
 
 # -- stage 1: affinity training labels ---------------------------------------------------------

@@ -72,8 +72,7 @@ def settings(cfg: dict[str, Any] | None) -> dict[str, Any]:
     dict is completed with the CRF defaults (`crf: {}` is the default CRF); the kind's name is
     under `refiner`, as in every refiner's recorded block."""
     schema = REGISTER["schema"]["properties"]
-    base = {"refiner": REGISTER["name"], **registry.defaults(REGISTER["schema"])}
-    out = registry.merge_defaults(base, cfg)
+    out = registry.declared_settings(REGISTER, cfg)
     crf = out["crf"]
     if crf is True:
         raise ConfigError("seghead.crf: false, or a CRF block ({} for the default CRF)")
