@@ -163,6 +163,11 @@ class Two(Trainable):
     def param_groups(self):
         return [{"params": [self.a], "lr_mult": 1.0}, {"params": [self.b], "lr_mult": 1.0}]
 
+    def training_step(self, batch, step):  # the tests call `optimize` by hand instead
+        loss = self.a.sum() + self.b.sum()
+        self.optimize(loss)
+        return {"loss": loss.item()}
+
 
 PLAIN = {"lr": 1.0, "momentum": 0.0, "weight_decay": 0.0}
 
@@ -215,3 +220,15 @@ def test_fit_hands_the_second_batch_to_the_method(tmp_path):
     assert len({i for s in epoch0 for i in s["index_u"]}) == 8
     assert all("index_u" not in s for s in _fit(tmp_path / "plain", trainset=IndexedToySet())
                .seen)
+
+
+def test_a_trainable_without_its_hooks_cannot_be_built():
+    """The contract's hooks are abstract: a network missing one fails when it is built, not
+    halfway through a run."""
+
+    class NoStep(Trainable):
+        def param_groups(self):
+            return []
+
+    with pytest.raises(TypeError, match="training_step"):
+        NoStep()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+from abc import abstractmethod
 from dataclasses import dataclass
 from typing import Any
 
@@ -81,10 +82,10 @@ class Method(Trainable):
         self.num_classes = num_classes
 
     # -- inference ------------------------------------------------------------------------
+    @abstractmethod
     def cams(self, images: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         """Raw class activation maps (B, C, h, w) before ReLU and normalisation. `labels`
         (B, C) are the images' class labels, for methods whose maps depend on them."""
-        raise NotImplementedError(f"{type(self).__name__} must define cams")
 
     def seg_logits(self, images: torch.Tensor) -> torch.Tensor:
         """(B, C+1, h, w) segmentation logits of a method with a segmentation head (declared

@@ -18,6 +18,7 @@ when its `view_losses` makes a second view of its own (SEAM), a class attribute
 
 from __future__ import annotations
 
+from abc import abstractmethod
 from typing import Any
 
 import torch
@@ -73,9 +74,9 @@ class PluginMethod(Method):
     def feat_dim(self) -> int:
         return self.trunk.out_channels
 
+    @abstractmethod
     def heads(self) -> list[nn.Module]:
         """The plug-in's own layers (trained at the new-layer learning rate)."""
-        raise NotImplementedError(f"{type(self).__name__} must define heads")
 
     def param_groups(self) -> list[dict[str, Any]]:
         new_mult = self.cfg["training"]["new_layer_lr_mult"]
@@ -90,11 +91,11 @@ class PluginMethod(Method):
             return DEFAULT_VIEW_SCALE
         return scale
 
+    @abstractmethod
     def plugin_losses(self, views: list[View], labels: torch.Tensor,
                       step: int) -> dict[str, torch.Tensor]:
         """The plug-in's terms; key "loss" is their weighted sum, added to the base's loss.
         Every key must be present at every step (the training log has fixed columns)."""
-        raise NotImplementedError(f"{type(self).__name__} must define plugin_losses")
 
     def losses(self, images: torch.Tensor, labels: torch.Tensor,
                step: int = 0) -> dict[str, torch.Tensor]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+from abc import ABCMeta, abstractmethod
 from typing import Any
 
 import torch
@@ -38,7 +39,7 @@ def _opt(training: dict[str, Any], key: str) -> Any:
     return training.get(key, TRAINING_DEFAULTS[key])
 
 
-class Trainable(nn.Module):
+class Trainable(nn.Module, metaclass=ABCMeta):
     """What the training loop needs of a network it trains (a method, AffinityNet, the IRN
     boundary network, DeepLab): parameter groups with `lr_mult`, optimizers built from the
     training block, one optimisation step, progress (`begin`), and bf16 autocast on CUDA.
@@ -55,9 +56,9 @@ class Trainable(nn.Module):
         self.optimizers: list[torch.optim.Optimizer] = []
         self.grad_clip: float | None = None
 
+    @abstractmethod
     def param_groups(self) -> list[dict[str, Any]]:
         """Parameter groups with `lr_mult`; the optimizer is built over these."""
-        raise NotImplementedError(f"{type(self).__name__} must define param_groups")
 
     def build_optimizers(self, training: dict[str, Any]) -> list[torch.optim.Optimizer]:
         """One optimizer over `param_groups()` (parameters without gradient left out), chosen
@@ -95,8 +96,10 @@ class Trainable(nn.Module):
         run's length. It must not draw random numbers (a resumed run would draw them at
         another point of the stream than an uninterrupted one)."""
 
+    @abstractmethod
     def training_step(self, batch: dict[str, torch.Tensor], step: int) -> dict[str, float]:
-        raise NotImplementedError(f"{type(self).__name__} must define training_step")
+        """One step on a batch: forward, losses, `self.optimize(loss)`; returns the loss terms
+        as floats for the log."""
 
     def optimize(self, loss: torch.Tensor) -> None:
         """One step of every optimizer on `loss`: zero the gradients, backpropagate, clip the
