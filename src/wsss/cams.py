@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from wsss import registry
-from wsss.data.transforms import pad_batch, scaled_views, upsample
+from wsss.data.transforms import pad_batch, scaled_views, upsample, view_maps
 from wsss.errors import ConfigError
 from wsss.store import CamWriter
 
@@ -108,15 +108,7 @@ def multiscale_maps(
 def _add_seg(fused: list[torch.Tensor | None], logits: torch.Tensor, arrays: list[np.ndarray],
              sizes: list[tuple[int, int]], per: int, fusion: str, stride: int) -> None:
     """Fold one scale's segmentation logits into each image's running fusion."""
-    for i, (h, w) in enumerate(sizes):
-        vh, vw = arrays[i * per].shape[1:]
-        ch, cw = math.ceil(vh / stride), math.ceil(vw / stride)
-        m = logits[i * per : (i + 1) * per, :, :ch, :cw]
-        if per == 2:
-            m = torch.stack([m[0], m[1].flip(-1)])
-        eh = max(h, math.ceil(ch * stride * h / vh))
-        ew = max(w, math.ceil(cw * stride * w / vw))
-        up = upsample(m, (eh, ew))[:, :, :h, :w]
+    for i, up in enumerate(view_maps(logits, arrays, sizes, per, stride)):
         if fusion == "mean":
             part = up.softmax(dim=1).sum(dim=0)
             fused[i] = part if fused[i] is None else fused[i] + part

@@ -206,3 +206,21 @@ def test_segmentation_set_keeps_image_and_label_aligned(tiny_voc_config):
         cat, background = red[label == 1], red[label == 0]
         if len(cat):
             assert cat.mean() - background.mean() > 1.5
+
+
+def test_view_maps_crop_the_padding_and_flip_the_mirror_back():
+    """Stride 1, maps = the padded batch itself: each image's two views come back as the image
+    (the padding cropped away, the mirror flipped back), whatever its batch-mates' sizes."""
+    from wsss.data.transforms import pad_batch, scaled_views, view_maps
+
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 255, (5, 7, 3)).astype(np.uint8),
+              rng.integers(0, 255, (9, 4, 3)).astype(np.uint8)]
+    arrays = [v for img in images for v in scaled_views(img, [1.0], True)[0]]
+    batch = pad_batch(arrays)
+    out = list(view_maps(batch, arrays, [im.shape[:2] for im in images], 2, 1))
+    for img, maps in zip(images, out, strict=True):
+        want = torch.from_numpy(arrays[0 if img is images[0] else 2]).float()
+        assert maps.shape == (2, 3, *img.shape[:2])
+        torch.testing.assert_close(maps[0], want)
+        torch.testing.assert_close(maps[1], want)  # the mirror, flipped back

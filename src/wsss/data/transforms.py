@@ -8,7 +8,8 @@ view's number), so the first view is the one a single-view run sees.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -214,3 +215,21 @@ def pad_batch(arrays: Sequence[np.ndarray]) -> torch.Tensor:
 
 def upsample(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+
+
+def view_maps(maps: torch.Tensor, arrays: Sequence[np.ndarray], sizes: Sequence[tuple[int, int]],
+              per: int, stride: int) -> Iterator[torch.Tensor]:
+    """Per image of a padded batch of views (`per` consecutive views an image: the view and,
+    with 2, its mirror), its maps at image size: (per, C, H, W), mirrors flipped back.
+
+    Each view's maps are cropped to the cells that see the view (not the padding); those cells
+    cover slightly more than it, so they are resized to the covered extent, then cropped."""
+    for i, (h, w) in enumerate(sizes):
+        vh, vw = arrays[i * per].shape[1:]
+        ch, cw = math.ceil(vh / stride), math.ceil(vw / stride)
+        m = maps[i * per : (i + 1) * per, :, :ch, :cw].float()
+        if per == 2:
+            m = torch.stack([m[0], m[1].flip(-1)])
+        eh = max(h, math.ceil(ch * stride * h / vh))
+        ew = max(w, math.ceil(cw * stride * w / vw))
+        yield upsample(m, (eh, ew))[:, :, :h, :w]

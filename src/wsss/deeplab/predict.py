@@ -12,7 +12,6 @@ import contextlib
 import functools
 import json
 import logging
-import math
 import os
 import sys
 import time
@@ -25,7 +24,7 @@ import yaml
 from tqdm import tqdm
 
 from wsss import registry
-from wsss.data.transforms import pad_batch, scaled_views, upsample
+from wsss.data.transforms import pad_batch, scaled_views, view_maps
 from wsss.deeplab.training import DeepLab, as_device, load_deeplab
 from wsss.ops.densecrf import crf_params, dense_crf
 from wsss.ops.pool import background_pool
@@ -58,16 +57,8 @@ def multiscale_probs(method: DeepLab, images: Sequence[np.ndarray], scales: Sequ
         batch = pad_batch(arrays).to(device, non_blocking=True)
         with method.autocast():
             logits = method(batch)
-        for i, (h, w) in enumerate(sizes):
-            vh, vw = arrays[i * per].shape[1:]
-            ch, cw = math.ceil(vh / stride), math.ceil(vw / stride)
-            m = logits[i * per : (i + 1) * per, :, :ch, :cw].float()
-            if flip:
-                m = torch.stack([m[0], m[1].flip(-1)])
-            # the cells cover slightly more than the view: resize to the covered extent, crop
-            eh = max(h, math.ceil(ch * stride * h / vh))
-            ew = max(w, math.ceil(cw * stride * w / vw))
-            probs[i] += upsample(m, (eh, ew))[:, :, :h, :w].softmax(dim=1).sum(dim=0)
+        for i, up in enumerate(view_maps(logits, arrays, sizes, per, stride)):
+            probs[i] += up.softmax(dim=1).sum(dim=0)
     return [p / (len(scales) * per) for p in probs]
 
 
