@@ -51,7 +51,6 @@ def test_declared_backbones_are_the_built_ones():
     """The registry's declarations (read without torch) and the builders registered at import
     are two lists in one module: a backbone added to one only fails here, not mid-run."""
     from wsss import registry
-
     from wsss.models.backbones import BACKBONES
 
     assert sorted(registry.names("backbone")) == sorted(BACKBONES)
