@@ -5,7 +5,12 @@ from snakemake.utils import min_version
 min_version("9.0")
 
 
-configfile: "config.yaml"
+# config.yaml is the default experiment, not a base layer: with `--configfile` only the files
+# given are read (in order), so a VOC run never inherits the benchmark's tiny settings where
+# voc.yaml is silent. An overlay goes after its main config: --configfile config.yaml overlay.yaml
+if not workflow.overwrite_configfiles:
+
+    configfile: "config.yaml"
 
 
 # a GPU is a per-node resource: on a cluster each job gets its own, locally they are shared

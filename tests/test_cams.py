@@ -1,5 +1,6 @@
 """Multi-scale + flip CAM inference on hand-made methods whose CAM is a known function of the
-image: where the maps land, how the mirror is put back, normalisation and the kept planes."""
+image: where the maps land, how the mirror is put back, the network's stride, that a CAM does
+not depend on its batch mates, each method's normalisation and the kept planes."""
 
 from __future__ import annotations
 
@@ -11,14 +12,16 @@ import torch
 import torch.nn.functional as F
 from fakes import FixedMethod as _Fixed
 
-from wsss.cams import extract_cams, multiscale_cams, normalise
+from wsss import registry
+from wsss.cams import cam_norm, extract_cams, multiscale_cams, normalise
+from wsss.errors import ConfigError
 from wsss.store import CamReader
 
 INFERENCE = {"scales": [1.0], "flip": False, "batch_size": 3}
 
 
 def _ramps(images: torch.Tensor) -> torch.Tensor:
-    """Stride 1; plane c is (c + 1) × the column index of the batch tensor (padding included)."""
+    """Stride 1; plane c is (c + 1) × the column index of the view."""
     b, _, h, w = images.shape
     x = torch.arange(w, dtype=torch.float32).expand(b, 1, h, w)
     return torch.cat([x, 2 * x], dim=1)
@@ -36,8 +39,8 @@ def _grey(h: int, w: int) -> np.ndarray:
     return np.full((h, w, 3), 128, np.uint8)
 
 
-def test_maps_are_cropped_to_each_image_of_a_padded_batch():
-    images = [_grey(10, 30), _grey(12, 20)]  # the second is padded to 30 columns
+def test_maps_fit_each_image_of_a_batch_of_different_sizes():
+    images = [_grey(10, 30), _grey(12, 20)]
     keys = [np.array([0, 1]), np.array([1])]
     out = multiscale_cams(_Fixed(_ramps, 2), images, keys, [1.0], flip=False)
     for image, k, (full, low) in zip(images, keys, out, strict=True):
@@ -88,18 +91,72 @@ def test_multiscale_flip_maps_land_on_the_right_pixels():
         assert (edge - split).abs().max() <= 2, edge
 
 
-@pytest.mark.xfail(strict=True, reason="multiscale_cams takes the stride as padded height / "
-                   "map height, which is below the true stride unless the batch's height is a "
-                   "multiple of it, so an image's CAM depends on the batch it is in; fixing it "
-                   "changes the default run's numbers")
+def _deep(images: torch.Tensor) -> torch.Tensor:
+    """Stride 4, then a layer that sees the neighbouring cells: with the +1 (a bias), zero
+    padding below or right of an image looks like content to the cells next to it, as it does
+    to a real network's deeper layers."""
+    cells = F.avg_pool2d(images[:, [0, 2]] + 1, 4, ceil_mode=True)
+    return F.avg_pool2d(cells, 3, stride=1, padding=1)
+
+
 def test_a_cam_does_not_depend_on_the_batch_it_is_in():
-    image, other = _two_colour(37, 30, 13), _two_colour(44, 60, 27)
-    keys = [np.array([0, 1])] * 2
-    batched = multiscale_cams(_Fixed(_colours, 2), [other, image], keys, [1.0], False)[1][0]
-    alone = multiscale_cams(_Fixed(_colours, 2), [image], keys[:1], [1.0], False)[0][0]
-    # rows and columns whose cells see no padding in the batch (the 37-row image is padded
-    # to 44): the cell grid is the same, so the maps must be too
-    torch.testing.assert_close(batched[:, :28, :24], alone[:, :28, :24])
+    images = [_two_colour(37, 30, 13), _two_colour(44, 60, 27), _two_colour(37, 30, 20),
+              _two_colour(21, 50, 9)]  # two share a size, so share a forward
+    keys = [np.array([0, 1]), np.array([1]), np.array([0]), np.array([0, 1])]
+    scales = [1.0, 0.5, 1.5]
+    together = multiscale_cams(_Fixed(_deep, 2), images, keys, scales, True)
+    for image, k, (full, low) in zip(images, keys, together, strict=True):
+        [(full_alone, low_alone)] = multiscale_cams(_Fixed(_deep, 2), [image], [k], scales, True)
+        torch.testing.assert_close(full, full_alone)
+        torch.testing.assert_close(low, low_alone)
+
+
+def _cells(images: torch.Tensor) -> torch.Tensor:
+    """Stride 4 (a partial last cell counts): plane 0 is each cell's row index, plane 1 its
+    column index."""
+    b, _, h, w = images.shape
+    ch, cw = math.ceil(h / 4), math.ceil(w / 4)
+    rows = torch.arange(ch, dtype=torch.float32)[:, None].expand(b, 1, ch, cw)
+    cols = torch.arange(cw, dtype=torch.float32)[None, :].expand(b, 1, ch, cw)
+    return torch.cat([rows, cols], dim=1)
+
+
+def test_the_stride_is_the_networks_on_sides_that_are_not_a_multiple_of_it():
+    """37 × 30 pixels give 10 × 8 cells of 4 pixels, covering 40 × 32: the cells are laid at
+    4 pixels each and cropped, not stretched over the image (a stride of 37 / 10)."""
+    [(full, low)] = multiscale_cams(_Fixed(_cells, 2), [_grey(37, 30)], [np.array([0, 1])],
+                                    [1.0], False)
+    # pixel i's centre lies at (i + 0.5) / 4 - 0.5 in cell units (bilinear, flat before the
+    # first cell's centre)
+    rows = ((torch.arange(37) + 0.5) / 4 - 0.5).clamp_min(0)
+    cols = ((torch.arange(30) + 0.5) / 4 - 0.5).clamp_min(0)
+    torch.testing.assert_close(full[0], rows[:, None].expand(37, 30))
+    torch.testing.assert_close(full[1], cols[None, :].expand(37, 30))
+    # the stride-4 map's cell (y, x) covers pixels [4y, 4y + 4) × [4x, 4x + 4) (as IRN's
+    # refiner reads it): here the network's own cells
+    torch.testing.assert_close(low, _cells(torch.zeros(1, 3, 37, 30))[0])
+
+
+def test_views_of_one_size_share_a_forward_with_their_own_labels():
+    """No padding: each forward holds views of one size, all views of that size at once, each
+    with its own image's labels."""
+    shapes = []
+
+    def echo_labels(images, labels):  # the CAM of class c is 1 where the image has it
+        shapes.append(tuple(images.shape))
+        return labels[:, :, None, None].expand(-1, -1, *images.shape[-2:]).clone()
+
+    class Echo(_Fixed):
+        def cams(self, images, labels=None):
+            return echo_labels(images, labels)
+
+    images = [_grey(20, 24), _grey(16, 30), _grey(20, 24)]
+    keys = [np.array([0]), np.array([1]), np.array([1])]
+    out = multiscale_cams(Echo(None, 2), images, keys, [1.0, 0.5], True)
+    assert sorted(shapes) == sorted([(4, 3, 20, 24), (2, 3, 16, 30), (4, 3, 10, 12),
+                                     (2, 3, 8, 15)])
+    for full, _ in out:  # its class's plane, from 2 scales × (view + mirror)
+        torch.testing.assert_close(full, torch.full_like(full, 4.0))
 
 
 def _planes(images: torch.Tensor) -> torch.Tensor:
@@ -130,7 +187,7 @@ def test_stored_planes_are_the_labelled_ones_each_normalised_to_its_peak(tmp_pat
         assert not reader.has_seg("a")  # a method without a head stores no masks
 
 
-def test_normalise_divides_each_plane_by_its_own_peak():
+def test_normalise_max_divides_each_plane_by_its_own_peak():
     cam = torch.zeros(3, 2, 2)
     cam[0, 0, 0], cam[1, 1, 1] = 4.0, 0.5
     out = normalise(cam)
@@ -169,3 +226,79 @@ def test_a_head_method_runs_its_trunk_once_per_view_batch():
     torch.testing.assert_close(cams[0][0], alone[0][0])
     assert seg[0].shape == (2, 20, 24)
     torch.testing.assert_close(seg[0].sum(dim=0), torch.ones(20, 24))
+
+
+def _floored(images: torch.Tensor) -> torch.Tensor:
+    """A floor of 2 under a ramp: class 0 is 2 + the column index, class 1 is 0."""
+    x = _ramps(images)[:, :1]
+    return torch.cat([2 + x, torch.zeros_like(x)], dim=1)
+
+
+def test_minmax_takes_each_planes_floor_off_and_max_does_not():
+    cam = torch.tensor([[[2.0, 4.0], [6.0, 10.0]], [[0.0, 0.0], [0.0, 0.0]]])
+    # plane 0: floor 2, range 8, so (x - 2) / 8, the floor itself 0; plane 1 stays 0
+    np.testing.assert_allclose(normalise(cam, "minmax"),
+                               [[[0, 0.25], [0.5, 1]], [[0, 0], [0, 0]]], atol=1e-4)
+    np.testing.assert_allclose(normalise(cam, "max"),
+                               [[[0.2, 0.4], [0.6, 1]], [[0, 0], [0, 0]]], atol=1e-4)
+    with pytest.raises(ValueError, match="'median'"):
+        normalise(cam, "median")
+
+
+@pytest.mark.parametrize(("block", "expected"), [
+    ({"method": "baseline"}, "max"),
+    ({"method": "seam"}, "minmax"),
+    ({"method": "hsc"}, "minmax"),  # base seam by default
+    ({"method": "dscnet"}, "minmax"),
+    ({"method": "hsc", "hsc": {"base": "baseline"}}, "max"),
+    ({"method": "dscnet", "dscnet": {"base": "baseline"}}, "max"),
+])
+def test_a_plugin_normalises_as_its_base_does(tmp_path, block, expected):
+    """Stored CAMs (both resolutions) are normalised the way the method, or a plug-in's base,
+    declares, and the file says which."""
+    method = _Fixed(_floored, 2)
+    method.cfg = block
+    assert cam_norm(method) == expected
+    out = tmp_path / "cams.h5"
+    extract_cams(method, _Dataset({"a": _grey(8, 13)}), ["a"], {"a": [0, 1]}, INFERENCE, out,
+                 {"classes": ["x", "y"]})
+    with CamReader(out) as reader:
+        assert reader.attr("cam_norm") == expected
+        cam, _ = reader.get("a")
+        low, _ = reader.get("a", lowres=True)
+    x = np.arange(13, dtype=np.float32)
+    # min-max: (2 + x - 2) / 12; max: (2 + x) / 14
+    ramp = x / 12 if expected == "minmax" else (2 + x) / 14
+    np.testing.assert_allclose(cam[0], np.broadcast_to(ramp, (8, 13)), atol=2e-3)
+    assert np.all(cam[1] == 0)
+    # the stride-4 map normalised the same way: its floor taken off by min-max only
+    assert low[0].max() == pytest.approx(1.0, abs=2e-3)
+    assert (low[0].min() == 0) == (expected == "minmax")
+
+
+def _plugin(tmp_path, monkeypatch, name: str, cam: str = "") -> None:
+    decl = (f'REGISTER = {{"kind": "method", "name": "{name}", "block": "{name}", '
+            f'"plugin": True, {cam}"schema": {{"type": "object", "properties": '
+            f'{{"base": {{"type": "string", "default": "seam"}}}}}}}}\n')
+    path = tmp_path / f"{name}.py"
+    path.write_text(decl)
+    monkeypatch.setenv(registry.PLUGINS_ENV, str(path))
+
+
+def test_a_plugins_own_declaration_wins_over_its_bases(tmp_path, monkeypatch):
+    _plugin(tmp_path, monkeypatch, "own_norm", '"cam_norm": "max", ')
+    assert registry.method_capability({"method": "own_norm"}, "cam_norm") == "max"
+    _plugin(tmp_path, monkeypatch, "no_norm")
+    assert registry.method_capability({"method": "no_norm"}, "cam_norm") == "minmax"
+
+
+def test_an_unknown_declared_normalisation_is_refused_before_a_file_is_written(
+        tmp_path, monkeypatch):
+    _plugin(tmp_path, monkeypatch, "odd_norm", '"cam_norm": "median", ')
+    method = _Fixed(_floored, 2)
+    method.cfg = {"method": "odd_norm"}
+    out = tmp_path / "cams.h5"
+    with pytest.raises(ConfigError, match=r"odd_norm\.py.*'median'"):
+        extract_cams(method, _Dataset({"a": _grey(8, 13)}), ["a"], {"a": [0]}, INFERENCE, out,
+                     {"classes": ["x", "y"]})
+    assert not out.exists()

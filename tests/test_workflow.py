@@ -232,3 +232,19 @@ def test_init_from_is_a_dag_edge_and_a_bad_name_is_refused(tmp_path):
     assert "--init-from results/synthetic/baseline/classifier.pt" in proc.stdout
     cfg["methods"]["warm"]["init_from"] = "basline"
     _expect_config_error(tmp_path, cfg, "methods.warm.init_from", "basline")
+
+
+def test_crf_threshold_is_chosen_on_the_selection_split_for_every_labelled_split(tmp_path):
+    cfg = yaml.safe_load((REPO / "config.yaml").read_text())
+    cfg["run"].update(variants=["baseline"], refiners=["crf"], variant_refiners={},
+                      splits=["train", "val"], deeplab=[])
+    _write_config(tmp_path, cfg)
+    proc = _snakemake(tmp_path, "-n", "--printshellcmds")
+    crf = [line for line in proc.stdout.splitlines() if "wsss crf " in line]
+    assert len(crf) == 2  # train and val labelled
+    # both read the train split's sweep: val's own masks never choose its threshold
+    assert all("--seeds-eval results/synthetic/baseline/cams/train.eval.json" in c for c in crf)
+    cfg["evaluation"] = {"selection_split": "val"}
+    _expect_config_error(tmp_path, cfg, "evaluation.selection_split", "val")
+    cfg["evaluation"] = {"selection_split": "trian"}
+    _expect_config_error(tmp_path, cfg, "evaluation.selection_split", "trian")

@@ -18,7 +18,9 @@ join by naming their files in the `WSSS_PLUGINS` environment variable (os.pathse
 
 Capabilities by kind:
 - method: `block` (its settings key in a method block), `plugin` (adds losses onto a base named
-  by `<block>.base`), `base` (can serve as a plug-in's base), `seg_head` (predicts masks).
+  by `<block>.base`), `base` (can serve as a plug-in's base), `seg_head` (predicts masks),
+  `cam_norm` (how `wsss.cams` normalises its CAM planes: "max" or "minmax"; a plug-in without
+  one takes its base's, `method_capability`).
 - refiner: `learned` (trains a network), `walk_keys` (settings read only by its walk),
   `network_log` (stem of its training log), `needs_seg_head` (reads a method's masks), `order`.
 - backbone, deeplab_arch: `name` only (and `order`).
@@ -189,3 +191,32 @@ def settings(kind: str, name: str, given: dict[str, Any] | None) -> dict[str, An
     """A component's settings by name (see `declared_settings`)."""
     comp = component(kind, name)
     return declared_settings({"kind": kind, "name": name, "schema": comp.schema}, given)
+
+
+# -- a variant's method chain ------------------------------------------------------------------
+def method_chain(block: dict[str, Any], key: str = "method") -> list[Component]:
+    """The method components a variant's method block (`block["method"]`) is built from: its
+    method and, for a plug-in, the chain of bases its block names (`<block>.base`, defaults
+    included). `key` names the block's `method` entry in errors."""
+    comp = component("method", block.get("method"), key)
+    chain = [comp]
+    prefix = key.rpartition(".")[0]
+    while comp.get("plugin"):
+        sub = comp.get("block") or comp.name
+        base = settings("method", comp.name, block.get(sub)).get("base")
+        comp = component("method", base, f"{prefix}.{sub}.base" if prefix else f"{sub}.base")
+        if comp in chain:
+            raise ConfigError(f"{key}: method {chain[0].name!r} has a cycle of bases")
+        chain.append(comp)
+    return chain
+
+
+def method_capability(block: dict[str, Any], capability: str, default: Any = None) -> Any:
+    """A capability a variant's method inherits: the first declaration of it along
+    `method_chain(block)` (a plug-in's own, else its base's), `default` when none declares it.
+    Only for capabilities that are properties of the maps a plug-in takes from its base (such
+    as `cam_norm`); `seg_head` is not inherited (a base's head is not carried into a plug-in)."""
+    for comp in method_chain(block):
+        if capability in comp.info:
+            return comp.info[capability]
+    return default

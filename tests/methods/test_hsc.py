@@ -187,6 +187,28 @@ def test_psc_level_four_terms_and_switches():
     assert not method.pixel_banks[0].filled.any()
 
 
+def test_psc_prototypes_are_stop_gradient():
+    """Eq. 10's batch prototypes Q_c are targets, not paths: PSC's gradient w.r.t. u2 is the one
+    with Q_c (and the activations) held constant. Prototypes left attached would add a second
+    gradient through the top-k mean of the same u2, which the backbone and proj2 would take as
+    well (so test_gradient_paths cannot see it)."""
+    (u_a, act_a, y_a), (u_b, act_b, y_b) = _pixel_example(1), _pixel_example(2)
+    acts, ys = [act_a[:, 1:], act_b[:, 1:]], [y_a, y_b]
+    u2 = [u_a.clone().requires_grad_(), u_b.clone().requires_grad_()]
+    method = _method("baseline", classes=3, proj2_dim=5, components={"mpl": False})
+    got = torch.autograd.grad(method.psc(u2, acts, ys), u2)
+    # the same eq. 13 (intra + cross-view prototypes + cross-CAM) with constant prototypes
+    const = [tuple(t.detach() for t in H.batch_prototypes(u.detach(), H.with_background(a),
+                                                           y, 32))
+             for u, a, y in zip(u2, acts, ys, strict=True)]
+    want_loss = sum(H.psc_loss(u2[v], ys[v], *const[v], 0.1)
+                    + H.psc_loss(u2[v], ys[v], *const[o], 0.1)
+                    + H.psc_loss(u2[v], ys[o], *const[v], 0.1) for v, o in ((0, 1), (1, 0))) / 2
+    want = torch.autograd.grad(want_loss, u2)
+    for g, w in zip(got, want, strict=True):
+        torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-7)
+
+
 # -- CRF ------------------------------------------------------------------------------------------
 
 @pytest.fixture

@@ -172,6 +172,59 @@ def test_settings_defaults_and_registry():
         assert id(conv.weight) in new_ids
 
 
+def _seam_with_biases():
+    """SEAM with `seam.bias_groups`, trainable BatchNorm in the backbone (its biases are trunk
+    biases) and a classifier with a bias (SEAM's has none), so all four groups are populated."""
+    torch.manual_seed(0)
+    method = build_method(_cfg(bias_groups=True), 5)
+    old = method.classifier
+    method.classifier = torch.nn.Conv2d(old.in_channels, old.out_channels, 1)
+    return method
+
+
+def test_bias_groups_hold_every_parameter_once_with_seams_multipliers():
+    method = _seam_with_biases()
+    training = _cfg()["training"]
+    (opt,) = method.build_optimizers(training)
+    groups = {g["name"]: g for g in opt.param_groups}
+    assert set(groups) == {"backbone", "backbone_bias", "new", "new_bias"}
+    listed = [id(p) for g in opt.param_groups for p in g["params"]]
+    assert sorted(listed) == sorted(id(p) for p in method.parameters())
+    mult = training["new_layer_lr_mult"]
+    expected = {"backbone": (1.0, training["weight_decay"]), "backbone_bias": (2.0, 0.0),
+                "new": (mult, training["weight_decay"]), "new_bias": (2.0 * mult, 0.0)}
+    assert {k: (g["lr_mult"], g["weight_decay"]) for k, g in groups.items()} == expected
+    names = {id(p): n for n, p in method.named_parameters()}
+    for name, group in groups.items():
+        for p in group["params"]:
+            assert names[id(p)].endswith(".bias") == name.endswith("_bias"), names[id(p)]
+    assert [id(p) for p in groups["new_bias"]["params"]] == [id(method.classifier.bias)]
+    # off (the default): the two groups of before, biases with their layers' weights
+    (plain,) = build_method(_cfg(), 5).build_optimizers(training)
+    assert {g["name"]: g["lr_mult"] for g in plain.param_groups} == {"backbone": 1.0, "new": mult}
+
+
+def test_a_zero_gradient_step_leaves_seams_biases_and_decays_its_weights():
+    from wsss.train import set_lr
+
+    method = _seam_with_biases()
+    training = _cfg()["training"]
+    opts = method.build_optimizers(training)
+    set_lr(opts, 1.0)
+    before = {n: p.detach().clone() for n, p in method.named_parameters()}
+    for p in method.parameters():
+        p.grad = torch.zeros_like(p)
+    opts[0].step()
+    new = ("classifier.", "pcm_")
+    for name, p in method.named_parameters():
+        if name.endswith(".bias"):
+            assert torch.equal(p.detach(), before[name]), name
+            continue
+        mult = training["new_layer_lr_mult"] if name.startswith(new) else 1.0
+        factor = 1 - training["lr"] * mult * training["weight_decay"]
+        torch.testing.assert_close(p.detach(), before[name] * factor)
+
+
 def test_cams_are_the_revised_foreground_without_dropout():
     # inference uses the PCM-revised CAM (not the raw CAM, not the background channel) and
     # switches dropout off: a dropout applied at inference would make two calls differ

@@ -192,11 +192,12 @@ def test_refine_entry_point_and_best_threshold(tmp_path, cam_dataset):
                                      tmp_path / "x.h5", "cpu", 1)
     assert not (tmp_path / "x.h5").exists()
     seeds = tmp_path / "seeds.json"
-    seeds.write_text(json.dumps({"best_threshold": 0.4}))
+    seeds.write_text(json.dumps({"best_threshold": 0.4, "split": "train"}))
     refiner_module("crf").refine(tmp_path / "cams.h5", ds, "train", {"iterations": 5}, None,
                                  tmp_path / "best.h5", "cpu", 1, seeds_eval=seeds)
     run_crf(tmp_path / "cams.h5", ds, "train", CFG, tmp_path / "direct.h5", 1, threshold=0.4)
     with LabelReader(tmp_path / "best.h5") as a, LabelReader(tmp_path / "direct.h5") as b:
         assert a.attr("refiner")["bg"]["threshold"] == 0.4
+        assert a.attr("refiner")["bg"]["chosen_on"] == "train"  # the summary names it
         for image_id in a.ids:
             np.testing.assert_array_equal(a.get(image_id), b.get(image_id))

@@ -175,14 +175,40 @@ def test_float64_input_and_tiny_grids():
     torch.testing.assert_close(out, one.float())
 
 
-def test_walk_memory_bound_switches_to_sparse():
-    dense_64 = walk_memory_bytes(64, 64, 5, 4)
-    assert dense_64 >= 3 * 4096**2 * 4
-    sparse_128 = walk_memory_bytes(128, 128, 5, 4)
-    nnz = 2 * len(pair_indices(128, 128, 5)[0]) + 128 * 128
-    assert nnz * 20 < sparse_128 < 128**4 * 4 / 10  # O(n·P): far below one n×n matrix
-    # The same grid forced onto the sparse path needs much less than the dense bound.
-    assert walk_memory_bytes(64, 64, 5, 4, max_dense_nodes=0) < dense_64 / 10
+def _peak_cpu_bytes(fn):
+    """(fn(), the peak of the CPU memory fn allocates beyond what was live at the call): every
+    allocation and free inside `fn`, as torch's profiler records them, summed in time order."""
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU],
+                                profile_memory=True) as prof:
+        out = fn()
+    events = sorted((e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events()
+                    if e.name() == "[memory]")
+    assert events, "the profiler recorded no allocation"
+    return out, int(np.cumsum([nbytes for _, nbytes in events]).max())
+
+
+@pytest.mark.parametrize("h,w,radius,max_dense", [(96, 96, 5, 0), (40, 30, 10, 0),
+                                                  (24, 24, 5, 4096)])
+def test_walk_stays_within_its_memory_bound(h, w, radius, max_dense):
+    # The module's claim, measured while walking: `walk_memory_bytes` bounds what the walk
+    # allocates (and is not a loose guess: at least half of it is used), and the sparse path
+    # never needs anything near one n×n float32 matrix, which the dense path does hold.
+    labels, n = 3, h * w
+    src, dst = (torch.from_numpy(a) for a in pair_indices(h, w, radius))
+    g = torch.Generator().manual_seed(0)
+    affinity = torch.rand(len(src), generator=g)
+    probs = torch.rand(labels, h, w, generator=g)
+    out, peak = _peak_cpu_bytes(
+        lambda: random_walk(probs, src, dst, affinity, 4.0, 2, max_dense_nodes=max_dense))
+    bound = walk_memory_bytes(h, w, radius, labels, max_dense_nodes=max_dense)
+    assert bound / 2 < peak <= bound, (peak, bound)
+    if max_dense:
+        assert peak >= 2 * n * n * 4  # T and the product buffer
+    elif n >= 96 * 96:
+        assert peak < n * n * 4 / 10
+    # it did walk: the scores were smoothed, within the range of the inputs
+    assert out.shape == probs.shape and out.std() < probs.std() / 2
+    assert probs.min() <= out.min() and out.max() <= probs.max()
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")

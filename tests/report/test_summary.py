@@ -85,3 +85,18 @@ def test_a_bad_evaluation_writes_no_summary(tmp_path):
     with pytest.raises(ValueError, match="'miou'"):
         write_summary([path], tmp_path / "s.csv", tmp_path / "s.md", tmp_path / "s.png")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["x.eval.json"]
+
+
+def test_summary_names_the_split_that_chose_each_threshold(tmp_path, refiners, png_size):
+    chosen = {"bg": {"mode": "constant", "threshold": 0.17, "chosen_on": "train"}}
+    fixed = {"bg": {"mode": "constant", "threshold": 0.3}}
+    paths = []
+    for k, e in enumerate([_eval("mu", split="val", config=chosen), _eval("zeta", config=fixed),
+                           _eval("seeds", best_threshold=0.2, miou_at_default=0.25)]):
+        paths.append(tmp_path / f"{k}.eval.json")
+        paths[-1].write_text(json.dumps(e))
+    write_summary(paths, tmp_path / "s.csv", tmp_path / "s.md", tmp_path / "s.png")
+    md = (tmp_path / "s.md").read_text()
+    # the val labels' threshold came from train; a fixed threshold is not listed
+    assert "- first mu (val): background 0.17, chosen on the `train` split's seeds" in md
+    assert "zeta (train)" not in md

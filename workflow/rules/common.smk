@@ -101,6 +101,13 @@ def _check_config():
                     config_error(f"{key}: refiner '{r}' (kind {refiner_kind(r).name}) needs a "
                                  f"method with a segmentation head; variant '{variant}' "
                                  f"(method {method.name}) has none")
+    selection = config["evaluation"]["selection_split"]
+    if selection not in splits:
+        config_error(f"evaluation.selection_split: '{selection}' is not a key of dataset.splits "
+                     f"({sorted(splits)})")
+    if selection == "val":
+        config_error("evaluation.selection_split: 'val' is the held-out split the final numbers "
+                     "are reported on; choose thresholds on another split (train)")
     if config["report"]["example_split"] not in run["splits"]:
         config_error(f"report.example_split: '{config['report']['example_split']}' is not one "
                      f"of run.splits ({run['splits']}), whose labels the grid shows")
@@ -128,16 +135,7 @@ def method_block(wildcards) -> str:
 def method_components(variant: str) -> list:
     """The registry components a variant's classifier is built from: its method and, for a
     plug-in method, the chain of bases its block names."""
-    block = config["methods"][variant]
-    key = f"methods.{variant}.method"
-    comp = registry.component("method", block["method"], key)
-    chain = [comp]
-    while comp.get("plugin"):
-        sub = comp.get("block")
-        base = registry.settings("method", comp.name, block.get(sub)).get("base")
-        comp = registry.component("method", base, f"methods.{variant}.{sub}.base")
-        chain.append(comp)
-    return chain
+    return registry.method_chain(config["methods"][variant], f"methods.{variant}.method")
 
 
 def code(*entries: str) -> list[str]:
@@ -199,7 +197,7 @@ def refiner_label_block(wildcards) -> str:
     """A learned refiner's block without its network settings: what its training labels use,
     so a change to the network's training does not remake the labels."""
     block = config["refiners"][wildcards.refiner]
-    skip = ("training", *walk_keys(wildcards.refiner))
+    skip = ("training", "trunk", *walk_keys(wildcards.refiner))
     return as_json({k: v for k, v in block.items() if k not in skip})
 
 
@@ -225,7 +223,10 @@ def crf_inputs(wildcards) -> dict:
     }
     bg = config["refiners"][wildcards.refiner]["bg"]
     if bg["mode"] == "constant" and bg["threshold"] == "best":
-        inputs["seeds_eval"] = f"{RESULTS}/{wildcards.variant}/cams/{wildcards.split}.eval.json"
+        # chosen on the declared selection split, never on the split being labelled (whose
+        # masks, on VOC's train_aug, are the ones retraining then learns from)
+        selection = config["evaluation"]["selection_split"]
+        inputs["seeds_eval"] = f"{RESULTS}/{wildcards.variant}/cams/{selection}.eval.json"
     return inputs
 
 

@@ -24,7 +24,7 @@ import yaml
 from tqdm import tqdm
 
 from wsss import registry
-from wsss.data.transforms import pad_batch, scaled_views, view_maps
+from wsss.data.transforms import scaled_views, view_maps
 from wsss.deeplab.training import DeepLab, as_device, load_deeplab
 from wsss.ops.densecrf import crf_params, dense_crf
 from wsss.ops.pool import background_pool
@@ -43,8 +43,10 @@ def multiscale_probs(method: DeepLab, images: Sequence[np.ndarray], scales: Sequ
     """Per H×W×3 image, (C+1)×H×W class probabilities on the method's device: the softmax of
     the logits upsampled to full resolution, averaged over scales and (with `flip`) mirrors.
 
-    Per scale, all views of the batch go through the network at once, zero-padded at the bottom
-    and right to a common size; each view's logits are cropped to the cells that see it.
+    Per scale, the views are grouped by their exact size (an image and its mirror always share
+    one) and each group goes through the network unpadded, so an image's prediction does not
+    depend on the images it is batched with; each view's logits are resized to the extent its
+    cells cover, then cropped.
     """
     device, stride = method.device, method.net.output_stride
     sizes = [img.shape[:2] for img in images]
@@ -53,12 +55,17 @@ def multiscale_probs(method: DeepLab, images: Sequence[np.ndarray], scales: Sequ
     views = [scaled_views(img, scales, flip) for img in images]
     per = 2 if flip else 1
     for s in range(len(scales)):
-        arrays = [v for per_image in views for v in per_image[s]]
-        batch = pad_batch(arrays).to(device, non_blocking=True)
-        with method.autocast():
-            logits = method(batch)
-        for i, up in enumerate(view_maps(logits, arrays, sizes, per, stride)):
-            probs[i] += up.softmax(dim=1).sum(dim=0)
+        groups: dict[tuple[int, ...], list[int]] = {}
+        for i, per_image in enumerate(views):
+            groups.setdefault(per_image[s][0].shape, []).append(i)
+        for members in groups.values():
+            arrays = [v for i in members for v in views[i][s]]
+            batch = torch.from_numpy(np.stack(arrays)).to(device, non_blocking=True)
+            with method.autocast():
+                logits = method(batch)
+            part = view_maps(logits, arrays, [sizes[i] for i in members], per, stride)
+            for i, up in zip(members, part, strict=True):
+                probs[i] += up.softmax(dim=1).sum(dim=0)
     return [p / (len(scales) * per) for p in probs]
 
 

@@ -181,7 +181,7 @@ class BackboneMethod(Method):
     #   inference_view(images) -> View, the maps it infers from, padding handled.
 
 
-REGISTER = {"kind": "method", "name": "baseline", "base": True, "order": 0}
+REGISTER = {"kind": "method", "name": "baseline", "base": True, "cam_norm": "max", "order": 0}
 
 
 @register("baseline")

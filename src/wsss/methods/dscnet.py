@@ -31,8 +31,9 @@ group's cells, with gradient (`group_features`).
 
 Group classes (M of eq. 8). The paper's M is "the probability of group p_{i,u} belonging to the
 k-th category", never defined. Ours (`class_scores`, `group_classes`): the base's pseudo map,
-detached, ReLU'd and divided by its per-channel maximum over the image (as the CAM store
-normalises maps), restricted to the image's labelled classes; a background score per cell of
+detached, ReLU'd and divided by its per-channel maximum over the image (the baseline's CAM
+normalisation; stores of SEAM-based variants are min-max normalised), restricted to the
+image's labelled classes; a background score per cell of
 `bg_threshold` (0.15, the workflow's default CAM background threshold, IRN's cam_eval_thres:
 eq. 2's pseudo labels are the argmax of the CAM with a background plane, and this is the plane
 the workflow itself uses); `bg_threshold: null` takes 1 - max foreground instead (SEAM's

@@ -50,6 +50,7 @@ from torch import nn
 
 from wsss import registry
 from wsss.methods.base import BackboneMethod, View, register, second_view_size
+from wsss.train.trainable import bias_groups
 
 # The registry's declaration, read without importing torch. `schema` is the `seam:` block of a
 # method; its defaults (SEAM's own, `min_cells` ours) are the only place they are written.
@@ -59,6 +60,9 @@ REGISTER = {
     "block": "seam",
     "base": True,
     "plugin": False,
+    # infer_SEAM.py min-max normalises each class plane (wsss.cams.normalise); plug-ins on
+    # SEAM (HSC, DSCNet) infer from its maps and inherit this (registry.method_capability)
+    "cam_norm": "minmax",
     "order": 1,
     "schema": {
         "description": "SEAM's settings (method seam); defaults are SEAM's (wsss/methods/seam.py)",
@@ -86,6 +90,14 @@ REGISTER = {
                 "type": "integer",
                 "minimum": 1,
                 "default": 8,
+            },
+            "bias_groups": {
+                "description": "SEAM's four optimizer groups: biases at 2x their layers' lr "
+                               "without weight decay (trunk 1x/2x, new layers 10x/20x); "
+                               "false: two groups, biases with the weights. SEAM's code is "
+                               "true; the default false keeps earlier runs unchanged",
+                "type": "boolean",
+                "default": False,
             },
         },
     },
@@ -214,8 +226,20 @@ class SEAM(BackboneMethod):
             nn.init.xavier_uniform_(conv.weight)
 
     def param_groups(self) -> list[dict[str, Any]]:
+        """Backbone at 1×, new layers (classifier, PCM convs) at `new_layer_lr_mult`; with
+        `seam.bias_groups` each split as SEAM's get_parameter_groups does (biases at 2× their
+        group's rate, no weight decay: `wsss.train.trainable.bias_groups`).
+
+        SEAM's own network has no trainable bias (ResNet-38's convs and its new 1×1 convs have
+        none, its BatchNorm is frozen), so there its two bias groups are empty; so are ours
+        with a frozen-BN ResNet (`backbone.freeze_bn`), whose convs have no bias either. The
+        groups matter for backbones that train BatchNorm (BN biases 2×, no decay).
+        """
         new_mult = self.cfg["training"]["new_layer_lr_mult"]
         new = [self.classifier, self.pcm_low, self.pcm_mid, self.pcm_proj]
+        if self.seam["bias_groups"]:
+            return [*bias_groups("backbone", [self.backbone], 1.0),
+                    *bias_groups("new", new, new_mult)]
         return [
             {"params": list(self.backbone.parameters()), "lr_mult": 1.0, "name": "backbone"},
             {"params": [p for m in new for p in m.parameters()], "lr_mult": new_mult,
@@ -296,10 +320,11 @@ class SEAM(BackboneMethod):
         foreground channels of the revised CAM, on the feature grid; CAM and PCM features come
         from the same forward pass.
 
-        Inference batches are zero-padded at the bottom and right (`pad_batch`). Unlike a
+        `cams.multiscale_maps` no longer pads (each forward holds views of one size), but a
+        caller may pass a batch zero-padded at the bottom and right (`pad_batch`). Unlike a
         convolution, the PCM is global: padded cells would enter every cell's average and the
         per-channel maxima. So each image's PCM runs over the cells that see the image only
-        (`image_cells`, as `multiscale_cams` crops them), and the rest stays 0.
+        (`image_cells`), and the rest stays 0.
         """
         cam, f, feat = self.features(images)
         cells = image_cells(images, tuple(cam.shape[-2:]))

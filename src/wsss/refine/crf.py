@@ -142,10 +142,15 @@ def run_crf(
     error no output file is left behind. `seeds_eval`: a seed evaluation whose best threshold is
     `threshold`.
     """
+    chosen_on = None
     if seeds_eval is not None:
-        threshold = json.loads(Path(seeds_eval).read_text())["best_threshold"]
-        log.info("background threshold %.2f from %s", threshold, seeds_eval)
+        seeds = json.loads(Path(seeds_eval).read_text())
+        threshold, chosen_on = seeds["best_threshold"], seeds.get("split")
+        log.info("background threshold %.2f from %s (chosen on split %s)", threshold, seeds_eval,
+                 chosen_on)
     effective = _effective_config(cfg, threshold)
+    if chosen_on is not None and effective["bg"].get("mode") == "constant":
+        effective["bg"]["chosen_on"] = chosen_on  # recorded with the labels; the summary says it
     cam_probs(np.zeros((0, 1, 1), np.float32), effective["bg"])  # fail early on a bad bg block
     write_labels(cam_path, ds, split, crf_task, effective, out_path, threads, "crf")
 

@@ -8,7 +8,8 @@ Three stages:
    foreground) and `conf_bg` (0.05, confident background), each cleaned by a dense CRF whose
    unary comes from the hard argmax labels. The label is the class of the `conf_fg` map; pixels
    that are background there but not at `conf_bg` are unsure (255).
-2. `train`: a boundary branch on the classifier's frozen backbone (`irn_boundary.BoundaryNet`):
+2. `train`: a boundary branch on a frozen backbone (`irn_boundary.BoundaryNet`; `trunk`: the
+   CAM classifier's by default, or a pretrained one, as IRN's ImageNet ResNet-50):
    its sigmoid is the boundary map B on the stride-4 grid. The affinity of two cells is
    1 - max B along the straight path between them, learned from the pairs of the stride-4 label
    grid closer than `train_radius`.
@@ -86,10 +87,12 @@ REGISTER = {
             # IRN train_irn: batch 32, 3 epochs, lr 0.1, wd 1e-4, crop 512, rescale 0.5-1.5 (of
             # VOC's 500-pixel long side: 250-750), flip, no colour jitter. The boundary branch
             # is trained at the base lr (IRN's ×10 group is the displacement branch). IRN's
-            # PolyOptimizer puts wd into the momentum slot by mistake; as for the classifier,
-            # real momentum here.
+            # PolyOptimizer passes wd into SGD's momentum slot: momentum 1e-4 (none to speak
+            # of), step lr/(1 - 1e-4) = 0.1 per unit gradient. Here real momentum 0.9 and lr
+            # 0.01: the same steady-state step lr/(1 - m) = 0.01/0.1 = 0.1, and the same decay
+            # per step (that step × wd), as for the classifier in workflow/configs/voc.yaml.
             "training": {"$ref": "#/$defs/refiner_training",
-                         "default": {"seed": 0, "epochs": 3, "batch_size": 32, "lr": 0.1,
+                         "default": {"seed": 0, "epochs": 3, "batch_size": 32, "lr": 0.01,
                                      "momentum": 0.9, "nesterov": False,
                                      "weight_decay": 1.0e-4, "poly_power": 0.9,
                                      "new_layer_lr_mult": 1.0, "crop_size": 512,
@@ -100,6 +103,20 @@ REGISTER = {
             # labels); IRN's paper numbers include a CRF, its code does not (irn issue #26)
             "inference": {"$ref": "#/$defs/refiner_inference",
                           "default": {"flip": True, "crf": False}},
+            # the frozen backbone (wsss.refine.features.refiner_trunk): `source: classifier`
+            # the CAM variant's trained backbone; `pretrained` one built from `backbone`
+            # ({name, output_stride, pretrained}), as IRN's ImageNet ResNet-50 (stride 16)
+            "trunk": {
+                "description": "the boundary network's frozen backbone: source classifier (the "
+                               "CAM variant's) or pretrained (built from `backbone`; its "
+                               "freeze_bn is not read, the whole trunk is frozen)",
+                "type": "object",
+                "additionalProperties": False,
+                "properties": {
+                    "source": {"enum": ["classifier", "pretrained"], "default": "classifier"},
+                    "backbone": {"$ref": "#/$defs/backbone"},
+                },
+            },
         },
     },
 }

@@ -3,9 +3,10 @@
 A boundary branch on the classifier's frozen backbone: every level (stem output and each stage)
 goes through a 1×1 conv to 32 channels + GroupNorm + ReLU, is upsampled to the stride-4 grid,
 and the concatenation is fused by a 1×1 conv into one channel; its sigmoid is the boundary map
-B. The affinity of two cells is 1 - max B along the 4-connected path between them
-(`path_cells`), learned from the pairs of the stride-4 label grid closer than `train_radius`
-with IRN's loss (`affinity_loss`). The stages that use it are in `wsss.refine.irn`.
+B. The affinity of two cells is 1 - max B over IRN's path between them (`path_cells`: every
+cell whose centre lies closer than 1 to the segment joining the two centres), learned from the
+pairs of the stride-4 label grid closer than `train_radius` with IRN's loss (`affinity_loss`).
+The stages that use it are in `wsss.refine.irn`.
 """
 
 from __future__ import annotations
@@ -33,29 +34,37 @@ LOG_EPS = 1e-5
 # -- pairs and paths on the stride-4 grid -------------------------------------------------------
 
 def path_cells(dy: int, dx: int) -> np.ndarray:
-    """(K, 2) cells (y, x) of the 4-connected digital segment from (0, 0) to (dy, dx).
+    """(K, 2) cells (y, x) of IRN's path from (0, 0) to (dy, dx), ordered along the segment.
 
-    The segment between the two cell centres is walked and a step is taken each time it crosses
-    a cell border (y first where it passes a corner), so K = |dy| + |dx| + 1. A 4-connected path
-    cannot slip diagonally between the cells of an 8-connected boundary line, as a path of one
-    cell per row or column could.
+    IRN's rule (`PathIndex` in the authors' misc/indexing.py): the cells of the bounding box of
+    the two ends whose centre lies closer than 1 (strictly) to the line through both centres,
+    i.e. (dy·x - dx·y)² < dy² + dx², in exact integer arithmetic. Inside that box a centre's
+    projection always falls on the segment, and any cell outside it is at least 1 away, so this
+    is also "every cell closer than 1 to the segment", with both end cells included. The rule
+    is symmetric in x and y and under swapping the two ends. It holds every cell the segment
+    passes through (those are within √2/2), so the path is 4-connected and cannot slip
+    diagonally between the cells of an 8-connected boundary line; off the axes it is wider than
+    one cell, and on an axis it is the row or column between the ends (a neighbouring row is at
+    distance exactly 1). Cells are sorted by their projection y·dy + x·dx on the segment, then
+    by (y, x): (0, 0) comes first and (dy, dx) last.
     """
-    ay, ax = abs(dy), abs(dx)
-    # parameter in (0, 1) at which the segment crosses each horizontal / vertical cell border;
-    # equal rationals give equal floats (IEEE division is correctly rounded), so ties are exact
-    t = np.concatenate([(np.arange(ay) + 0.5) / max(ay, 1), (np.arange(ax) + 0.5) / max(ax, 1)])
-    along_x = np.concatenate([np.zeros(ay, bool), np.ones(ax, bool)])
-    steps = along_x[np.lexsort((along_x, t))]
-    ys = np.concatenate([[0], np.cumsum(~steps)]) * int(np.sign(dy))
-    xs = np.concatenate([[0], np.cumsum(steps)]) * int(np.sign(dx))
-    return np.stack([ys, xs], axis=1).astype(np.int64)
+    length_sq = dy * dy + dx * dx
+    if length_sq == 0:
+        return np.zeros((1, 2), dtype=np.int64)
+    ys, xs = np.meshgrid(np.arange(min(0, dy), max(0, dy) + 1),
+                         np.arange(min(0, dx), max(0, dx) + 1), indexing="ij")
+    ys, xs = ys.ravel().astype(np.int64), xs.ravel().astype(np.int64)
+    keep = (dy * xs - dx * ys) ** 2 < length_sq
+    ys, xs = ys[keep], xs[keep]
+    order = np.lexsort((xs, ys, ys * dy + xs * dx))
+    return np.stack([ys[order], xs[order]], axis=1)
 
 
 class PairIndex(NamedTuple):
     """Pairs of `pair_indices(h, w, radius)` and, per pair, the flat cells of its path.
 
-    `path` is (P, K) with K the longest path; shorter paths repeat their last cell, which
-    leaves the maximum unchanged.
+    `path` is (P, K) with K the longest path (paths of different offsets differ in length);
+    shorter paths repeat their last cell, which leaves the maximum unchanged.
     """
 
     src: torch.Tensor
@@ -120,8 +129,9 @@ def label_grid(labels: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 # -- the boundary network ------------------------------------------------------------------
 
 class BoundaryNet(Trainable):
-    """Frozen classifier backbone + IRN's boundary branch, trained by `wsss.train.fit`.
-    `cfg` is the IRN config block (train_radius, training)."""
+    """Frozen trunk (`trunk:`: the classifier's backbone or a pretrained one) + IRN's
+    boundary branch, trained by `wsss.train.fit`. `cfg` is the IRN config block
+    (train_radius, training)."""
 
     def __init__(self, cfg: dict[str, Any], num_classes: int, backbone: Backbone):
         super().__init__()

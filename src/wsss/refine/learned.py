@@ -3,10 +3,12 @@ their network on their own labels with `wsss.train.fit`, loading it back, and th
 random-walk stage.
 
 A learned kind's network is a `wsss.train.Trainable` built as `build(cfg, num_classes,
-backbone)` from its completed settings and a backbone (the classifier's for training, a fresh
-one of the stored architecture for loading). Its weights file holds `method` (the state dict),
-`config` (the settings it was trained with), `backbone_config` (the classifier's backbone
-block) and `classes`.
+backbone)` from its completed settings and a backbone: for training the one its `trunk` setting
+names (`wsss.refine.features.refiner_trunk`: the classifier's, or a declared pretrained one),
+for loading a fresh one of the stored architecture. Its weights file holds `method` (the state
+dict), `config` (the settings it was trained with, `trunk` included), `backbone_config` (the
+block of the trunk it was built on: the classifier's backbone block or `trunk.backbone`) and
+`classes`.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import torch
 from wsss import registry
 from wsss.data.transforms import SegmentationSet
 from wsss.models.backbones import Backbone, build_backbone
-from wsss.refine.features import classifier_trunk
+from wsss.refine.features import check_trunk, refiner_trunk
 from wsss.refine.pool import ScoreFn, store_labels, walk_labels
 from wsss.store import CamReader, LabelMap, LabelReader, StoreError
 from wsss.train import Trainable, fit, pick_device, seed_everything
@@ -46,16 +48,20 @@ def train_network(register: dict[str, Any], build: Build, ds: VocDataset, split:
     to `out_path` (atomically), checkpoint and log next to it (<network_log>.checkpoint.pt,
     <network_log>.log.csv), so a killed run resumes. Returns `out_path`.
 
-    The network starts from the classifier's backbone (`frozen`: fixed, as IRN keeps it); its
-    new layers' initial weights are drawn after seeding with `training.seed`.
+    The network starts from the trunk of its `trunk` setting (`frozen`: fixed, as IRN keeps
+    it): the classifier's backbone or a pretrained one; `classifier_path` is read only for the
+    former. Its new layers' initial weights (and a `pretrained: none` trunk's) are drawn after
+    seeding with `training.seed`.
     """
     cfg = registry.declared_settings(register, cfg)
     training = cfg["training"]
+    key = f"refiners.<{register['name']} variant>.trunk"
+    check_trunk(cfg["trunk"], key)  # a config error before any file is read
     ids = ds.ids(split)
     with LabelReader(label_path) as reader:
         reader.check(ids, list(ds.classes))
     seed_everything(training["seed"])  # the new layers' initial weights are part of the run
-    trunk = classifier_trunk(classifier_path, frozen=frozen)
+    trunk = refiner_trunk(cfg["trunk"], classifier_path, frozen=frozen, key=key)
     net = build(cfg, ds.num_classes, trunk.backbone)
     labels = LabelMap(label_path, ids)
     trainset = SegmentationSet(ds, ids, labels, training, seed=training["seed"])
@@ -72,7 +78,8 @@ def train_network(register: dict[str, Any], build: Build, ds: VocDataset, split:
 
 
 def load_network(build: Build, weights_path: str | os.PathLike, device: torch.device) -> Trainable:
-    """The network `train_network` wrote, in eval mode on `device`."""
+    """The network `train_network` wrote, in eval mode on `device`: its trunk's architecture
+    from `backbone_config` (no pretrained weights are loaded, the file holds the trained ones)."""
     if not Path(weights_path).is_file():
         raise StoreError(f"{weights_path}: no such refiner weights file")
     state = torch.load(weights_path, map_location="cpu", weights_only=False)

@@ -5,11 +5,14 @@ Three stages:
 1. `make_labels`: two dense CRFs per image with background (1 - max CAM)^alpha. The low alpha
    (more background) keeps only confident foreground, the high alpha (less background) only
    confident background; the rest is 255.
-2. `train`: AffinityNet = the CAM classifier's backbone + 1×1 convs on its last three stages,
-   fused into a feature map f on the backbone's output-stride grid. The affinity of two cells
-   closer than `radius` is exp(-mean_c |f_i - f_j|). Pairs of the same label are positives
-   (background and foreground separately), pairs of different labels negatives.
-3. `refine`: per image, affinities on the grid, a random walk of the CAM scores (background
+2. `train`: AffinityNet = a backbone (`trunk`: the CAM classifier's by default, or a pretrained
+   one, as PSA's ImageNet ResNet-38) + 1×1 convs on its last three stages, fused into a feature
+   map f on the backbone's output-stride grid (PSA: stride 8, which `radius` 5 is sized for).
+   The affinity of two cells closer than `radius` is exp(-mean_c |f_i - f_j|). Pairs of the
+   same label are positives (background and foreground separately), pairs of different labels
+   negatives.
+3. `refine`: per image, affinities on the grid (averaged with the mirrored image's unless
+   `inference.flip` is false; PSA does not flip), a random walk of the CAM scores (background
    plane (1 - max CAM)^bg_alpha in front), bilinear upsampling and argmax.
 
 Training labels reach the grid by block majority (see `downsample_labels`). Settings and their
@@ -75,8 +78,12 @@ REGISTER = {
             "bg_alpha": {"type": "number", "exclusiveMinimum": 0, "default": 16},
             # PSA train_aff: lr 0.1, batch 8, 8 epochs, crop 448, wd 5e-4, colour jitter 0.3,
             # flip, no rescaling; resize_long [500, 500] keeps VOC's 500-pixel long sides.
+            # PSA's PolyOptimizer passes wd into SGD's momentum slot: momentum 5e-4 (none to
+            # speak of), step lr/(1 - 5e-4) = 0.1 per unit gradient. Here real momentum 0.9 and
+            # lr 0.01: the same steady-state step lr/(1 - m) = 0.01/0.1 = 0.1, and the same
+            # decay per step (that step × wd); momentum averages over ~10 steps.
             "training": {"$ref": "#/$defs/refiner_training",
-                         "default": {"seed": 0, "epochs": 8, "batch_size": 8, "lr": 0.1,
+                         "default": {"seed": 0, "epochs": 8, "batch_size": 8, "lr": 0.01,
                                      "momentum": 0.9, "nesterov": False,
                                      "weight_decay": 5.0e-4, "poly_power": 0.9,
                                      "new_layer_lr_mult": 10, "crop_size": 448,
@@ -84,9 +91,28 @@ REGISTER = {
                                      "color_jitter": 0.3, "num_workers": 0,
                                      "checkpoint_every": 200, "cache_max_images": 2000}},
             # crf: a dense CRF (the `crf` kernels) on the walk's scores before the argmax;
-            # PSA's paper reports RW + dCRF, its infer_aff does not apply it
+            # PSA's paper reports RW + dCRF, its infer_aff does not apply it.
+            # flip: affinities averaged with the mirrored image's (`AffinityNet.affinities`).
+            # PSA's infer_aff runs one unflipped pass; ours flips by default, as IRN's walk
+            # and every CAM inference here do (a cheap test-time average; the default
+            # also keeps earlier runs as they were); flip: false is PSA's.
             "inference": {"$ref": "#/$defs/refiner_inference",
                           "default": {"flip": True, "crf": False}},
+            # the network's backbone (wsss.refine.features.refiner_trunk): `source: classifier`
+            # the CAM variant's trained backbone; `pretrained` one built from `backbone`
+            # ({name, output_stride, pretrained}), as PSA's ImageNet ResNet-38. PSA also
+            # freezes conv1a and b2 (its first stage); here only BatchNorm is frozen.
+            "trunk": {
+                "description": "AffinityNet's backbone: source classifier (the CAM variant's) or "
+                               "pretrained (built from `backbone`; its freeze_bn is not read, "
+                               "BatchNorm is always frozen)",
+                "type": "object",
+                "additionalProperties": False,
+                "properties": {
+                    "source": {"enum": ["classifier", "pretrained"], "default": "classifier"},
+                    "backbone": {"$ref": "#/$defs/backbone"},
+                },
+            },
         },
     },
 }
@@ -208,7 +234,8 @@ def affinity_loss(dist: torch.Tensor, bg_pos: torch.Tensor, fg_pos: torch.Tensor
 class AffinityNet(Trainable):
     """Backbone + PSA's affinity head, trained by `wsss.train.fit`.
 
-    `cfg` is the PSA config block (radius, training); the backbone's BatchNorm stays frozen.
+    `cfg` is the PSA config block (radius, training); the backbone's BatchNorm stays frozen
+    (PSA freezes its first stage as well; here the rest of the backbone trains).
     """
 
     def __init__(self, cfg: dict[str, Any], num_classes: int, backbone: Backbone):
@@ -268,7 +295,8 @@ class AffinityNet(Trainable):
         """(B, P) affinities of the `pair_indices(h, w, radius)` pairs and the grid (h, w).
 
         `flip`: averaged with the mirrored images'; their features are flipped back first, so
-        pair (i, j) meets the mirror images of cells i and j.
+        pair (i, j) meets the mirror images of cells i and j. PSA's infer_aff does not flip;
+        `refine` does unless `inference.flip` is false (see the REGISTER).
         """
         views = torch.cat([images, images.flip(-1)]) if flip else images
         feats = self.features(views)

@@ -55,6 +55,29 @@ def summary_rows(evals: list[dict]) -> tuple[list[str], list[dict]]:
     return columns, [rows[k] for k in sorted(rows)]
 
 
+def chosen_thresholds(evals: list[dict]) -> list[tuple[str, str, str, float, str]]:
+    """(variant, stage, split, threshold, selection split) of every label evaluation whose
+    refiner chose its background threshold on a selection split (`bg.chosen_on` in the config
+    the labels record), sorted."""
+    out = []
+    for e in evals:
+        bg = (e.get("config") or {}).get("bg") or {}
+        if "chosen_on" in bg:
+            out.append((e["variant"], e["stage"], e["split"], float(bg["threshold"]),
+                        str(bg["chosen_on"])))
+    return sorted(out)
+
+
+def _chosen_thresholds(evals: list[dict]) -> str:
+    rows = chosen_thresholds(evals)
+    if not rows:
+        return ""
+    lines = [f"- {v} {st} ({sp}): background {t:.2f}, chosen on the `{on}` split's seeds"
+             for v, st, sp, t, on in rows]
+    return ("\nThresholds chosen on the selection split (`evaluation.selection_split`), never "
+            "on the split being labelled:\n\n" + "\n".join(lines) + "\n")
+
+
 def _markdown(columns: list[str], rows: list[dict], title: str) -> str:
     out = io.StringIO()
     if title:
@@ -135,5 +158,6 @@ def write_summary(eval_paths: Sequence[str | Path], csv_path: str | Path, md_pat
         writer.writeheader()
         writer.writerows(rows)
     with atomic_path(md_path) as tmp:
-        tmp.write_text(_markdown(columns, rows, title) + _failure_mode_table(diagnostics))
+        tmp.write_text(_markdown(columns, rows, title) + _chosen_thresholds(evals)
+                       + _failure_mode_table(diagnostics))
     miou_bars(evals, png_path, title)

@@ -6,6 +6,10 @@ optional Nesterov) or `adamw` (`betas`, `weight_decay`). Each param group's `ini
 (the default, (1 − t)^poly_power) or `cosine` (½(1 + cos πt)), after an optional linear warm-up
 over the first `warmup` fraction of the steps, t running from 0 to 1 over the steps after it.
 `grad_clip` (null by default) caps the global gradient norm in `Trainable.optimize`.
+
+A param group may carry its own `weight_decay` (the optimizer's per-group setting), which
+overrides the training block's; `bias_groups` splits groups into the weights-and-biases pattern
+of PSA, SEAM and HSC (biases at 2 × the group's lr multiplier and without weight decay).
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import math
 from abc import ABCMeta, abstractmethod
+from collections.abc import Iterable
 from typing import Any
 
 import torch
@@ -33,6 +38,34 @@ TRAINING_DEFAULTS: dict[str, Any] = {
 }
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("poly", "cosine")
+
+
+BIAS_LR_MULT = 2.0  # PSA's, SEAM's and HSC's biases: twice their layers' weights' rate
+
+
+def bias_groups(name: str, modules: Iterable[nn.Module], lr_mult: float) -> list[dict[str, Any]]:
+    """The parameters of `modules` as two param groups, as the reference `get_parameter_groups`
+    (PSA, SEAM, HSC) make them: `name` with the weights at `lr_mult` and the training block's
+    weight decay, `<name>_bias` with the biases (parameters named `bias`, of any layer) at
+    `BIAS_LR_MULT` × `lr_mult` and weight decay 0.
+
+    Normalisation scales (`weight` of a GroupNorm or BatchNorm) are weights, as the references
+    group GroupNorm's. Each parameter is listed once even when modules overlap or share it.
+    """
+    weights: list[nn.Parameter] = []
+    biases: list[nn.Parameter] = []
+    seen: set[int] = set()
+    for module in modules:
+        for pname, param in module.named_parameters():
+            if id(param) in seen:
+                continue
+            seen.add(id(param))
+            (biases if pname.rsplit(".", 1)[-1] == "bias" else weights).append(param)
+    return [
+        {"params": weights, "lr_mult": lr_mult, "name": name},
+        {"params": biases, "lr_mult": BIAS_LR_MULT * lr_mult, "weight_decay": 0.0,
+         "name": f"{name}_bias"},
+    ]
 
 
 def _opt(training: dict[str, Any], key: str) -> Any:
@@ -61,8 +94,9 @@ class Trainable(nn.Module, metaclass=ABCMeta):
         """Parameter groups with `lr_mult`; the optimizer is built over these."""
 
     def build_optimizers(self, training: dict[str, Any]) -> list[torch.optim.Optimizer]:
-        """One optimizer over `param_groups()` (parameters without gradient left out), chosen
-        by `training["optimizer"]`; also reads `grad_clip` for `optimize`."""
+        """One optimizer over `param_groups()` (parameters without gradient left out, and
+        groups left empty by that), chosen by `training["optimizer"]`; a group's own
+        `weight_decay` overrides the block's; also reads `grad_clip` for `optimize`."""
         groups = []
         for group in self.param_groups():
             params = [p for p in group["params"] if p.requires_grad]
