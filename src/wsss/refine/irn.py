@@ -106,17 +106,7 @@ REGISTER = {
             # the frozen backbone (wsss.refine.features.refiner_trunk): `source: classifier`
             # the CAM variant's trained backbone; `pretrained` one built from `backbone`
             # ({name, output_stride, pretrained}), as IRN's ImageNet ResNet-50 (stride 16)
-            "trunk": {
-                "description": "the boundary network's frozen backbone: source classifier (the "
-                               "CAM variant's) or pretrained (built from `backbone`; its "
-                               "freeze_bn is not read, the whole trunk is frozen)",
-                "type": "object",
-                "additionalProperties": False,
-                "properties": {
-                    "source": {"enum": ["classifier", "pretrained"], "default": "classifier"},
-                    "backbone": {"$ref": "#/$defs/backbone"},
-                },
-            },
+            "trunk": {"$ref": "#/$defs/refiner_trunk", "default": {"source": "classifier"}},
         },
     },
 }

@@ -102,17 +102,7 @@ REGISTER = {
             # the CAM variant's trained backbone; `pretrained` one built from `backbone`
             # ({name, output_stride, pretrained}), as PSA's ImageNet ResNet-38. PSA also
             # freezes conv1a and b2 (its first stage); here only BatchNorm is frozen.
-            "trunk": {
-                "description": "AffinityNet's backbone: source classifier (the CAM variant's) or "
-                               "pretrained (built from `backbone`; its freeze_bn is not read, "
-                               "BatchNorm is always frozen)",
-                "type": "object",
-                "additionalProperties": False,
-                "properties": {
-                    "source": {"enum": ["classifier", "pretrained"], "default": "classifier"},
-                    "backbone": {"$ref": "#/$defs/backbone"},
-                },
-            },
+            "trunk": {"$ref": "#/$defs/refiner_trunk", "default": {"source": "classifier"}},
         },
     },
 }
