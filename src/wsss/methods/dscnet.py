@@ -86,15 +86,9 @@ groups because they depend on them. `infer_from: base` returns the base's CAMs. 
 Cost: per image a k-means over N cells (N × G × E per step) and an N × G attention; the loop over
 images is in Python, everything inside it vectorised.
 
-Measured on the embedded benchmark (tiny backbone from scratch, config.yaml's schedule; train
-split, seeds / seeds + CRF mIoU %, training seed 0 unless said; overlays
-workflow/configs/ablations/dscnet_modules.yaml and seeds.yaml): seam (the base) 45.0 / 51.3;
-M1 (PGCL) 36.2 / 36.8; M2 (SGCL) 38.1 / 43.4; M3 (both, CAMs from the base) 49.4 / 62.1; M4
-(DSCNet) 48.4 / 62.2. Over seeds 0 / 1 / 2 DSCNet 48.4 / 51.8 / 50.5 against SEAM 45.0 / 37.2 /
-49.1 and the baseline 46.4 / 47.4 / 49.3. Either stream alone hurts and the two together help;
-the fusion adds nothing over M3 here. The M rows are one seed each and SEAM alone spreads by
-12 points over three seeds, so we have not isolated why. On the CAM baseline (one view) DSCNet
-loses: 43.4 / 57.7 against 46.4 / 61.1.
+Measured figures (Table IV's rows, workflow/configs/ablations/dscnet_modules.yaml, with
+DeepLab retrained per row; three training seeds, seeds.yaml) are in the README's "Methods"
+section, not here, where they would go stale.
 """
 
 from __future__ import annotations

@@ -90,22 +90,15 @@ shared/notes/reference-implementations.md §4):
   pairs, such as both views agreeing, are refined once. The pool lives in `wsss.ops.pool`, not
   in the module, so the method stays picklable and deep-copyable.
 
-Measured on the embedded benchmark (tiny backbone from scratch, config.yaml's schedule; train
-split, seeds / seeds + CRF mIoU %, training seed 0 unless said; overlays
-workflow/configs/ablations/hsc_components.yaml and seeds.yaml):
-  seam (the base) 45.0 / 51.3; + PSC 48.1 / 55.2; + CSC 52.8 / 65.6; + RSC without cross
-  supervision 50.4 / 57.9; + RSC with it 15.5 / 14.9 (collapsed); + MPL 44.3 / 51.7; + CRF†
-  41.9 / 45.1; full HSC 43.9 / 52.0. Full HSC over seeds 0 / 1 / 2: 43.9 / 16.9 / 54.3 (SEAM
-  45.0 / 37.2 / 49.1); PSC + CSC on seed 1: 28.4. HSC on the CAM baseline: 52.9 / 65.0 (baseline
-  46.4 / 61.1).
-The differences between rows are within the seed-to-seed spread, except the collapses: the
-levels contrast cells against prototypes built from the model's own pseudo-labels, so labels
-that spill onto the background pull background features towards the objects', the CAM spreads
-further and the labels follow, until every cell is foreground (best background threshold 0.95,
-fg recall 98-99 %), where RSC has no background left and PSC a single class. The papers start
-from an ImageNet ResNet-38 whose first pseudo-labels are already good; here the backbone learns
-from scratch on 300 images. Neither a SEAM-style background (bg_threshold null: 42.0) nor a slow
-bank (momentum 0.1, the usual EMA reading of lambda: PSC + CSC collapses, 16.1) removes it.
+Measured figures (the component ablation, workflow/configs/ablations/hsc_components.yaml, and
+three training seeds, seeds.yaml) are in the README's "Methods" section, not here, where they
+would go stale. A risk of the method on a backbone trained from scratch, seen on earlier
+commits as a collapse of one training seed: the levels contrast cells against prototypes built
+from the model's own pseudo-labels, so labels that spill onto the background pull background
+features towards the objects', the CAM spreads further and the labels follow; in its extreme
+every cell ends up foreground, where RSC has no background left and PSC a single class. The
+papers start from an ImageNet ResNet-38 whose first pseudo-labels are already good (issue 13's
+pretrained regime is the test of that).
 """
 
 from __future__ import annotations
