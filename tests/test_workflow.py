@@ -248,3 +248,26 @@ def test_crf_threshold_is_chosen_on_the_selection_split_for_every_labelled_split
     _expect_config_error(tmp_path, cfg, "evaluation.selection_split", "val")
     cfg["evaluation"] = {"selection_split": "trian"}
     _expect_config_error(tmp_path, cfg, "evaluation.selection_split", "trian")
+
+
+def test_pretrained_synthetic_is_an_input_of_exactly_the_rules_that_start_from_it(tmp_path):
+    cfg = yaml.safe_load((REPO / "config.yaml").read_text())
+    cfg["methods"] = json.loads(json.dumps(cfg["methods"]))  # unshare the YAML anchors
+    cfg["methods"]["baseline"]["backbone"]["pretrained"] = "synthetic"
+    cfg["refiners"]["irn"]["trunk"] = {"source": "pretrained",
+                                       "backbone": {"name": "tiny", "pretrained": "synthetic"}}
+    cfg["run"].update(variants=["baseline", "seam"], refiners=["crf", "psa", "irn"],
+                      variant_refiners={"seam": ["crf"]}, deeplab=[["baseline", "psa"]])
+    _write_config(tmp_path, cfg)
+    proc = _snakemake(tmp_path, "-n", "--printshellcmds")
+    (planned,) = _planned_outputs(proc, "pretrain")  # one backbone, pretrained once
+    assert planned.split(", ")[0] == "results/pretrained/tiny.pt"
+    weights = "results/pretrained/tiny.pt"
+    blocks = {b.split("output: ")[1].split("\n")[0]: b
+              for b in re.split(r"\n(?=(?:local)?rule \w+:)", proc.stdout) if "output: " in b}
+    users = sorted(out for out, b in blocks.items()
+                   if weights in b.split("output: ")[0] and not out.startswith(weights))
+    # the baseline's classifier and IRN's trunk; not SEAM, PSA (the classifier's trunk) or
+    # DeepLab (pretrained: none)
+    assert users == ["results/synthetic/baseline/classifier.pt",
+                     "results/synthetic/baseline/irn/network.pt"]

@@ -56,3 +56,19 @@ def test_frozen_batchnorm_stays_fixed():
     method(torch.randn(2, 3, 32, 32))
     assert not bn.training and torch.equal(bn.running_mean, mean)
     assert not bn.weight.requires_grad
+
+
+def test_a_trained_method_loads_without_its_pretrained_weights(tmp_path, monkeypatch):
+    """classifier.pt holds every weight: loading it must not need the pretrain stage's file
+    (nor an ImageNet download) that training started from."""
+    from wsss.methods.base import load_method
+
+    monkeypatch.chdir(tmp_path)  # no results/pretrained/tiny.pt here
+    torch.manual_seed(5)
+    trained = build_method(_cfg(), 3)
+    path = tmp_path / "classifier.pt"
+    cfg = _cfg(pretrained="synthetic")
+    torch.save({"method": trained.state_dict(), "config": cfg}, path)
+    loaded = load_method(path, cfg, 3)
+    for (k, a), b in zip(trained.state_dict().items(), loaded.state_dict().values(), strict=True):
+        assert torch.equal(a, b), k

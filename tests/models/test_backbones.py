@@ -54,3 +54,32 @@ def test_declared_backbones_are_the_built_ones():
     from wsss.models.backbones import BACKBONES
 
     assert sorted(registry.names("backbone")) == sorted(BACKBONES)
+
+
+def _pretrain_file(path, name: str, backbone) -> None:
+    """A file in the pretrain stage's format: the architecture's name and its weights."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"backbone": name, "state_dict": backbone.net_state_dict(),
+                "held_out_accuracy": 0.5}, path)
+
+
+def test_pretrained_synthetic_reads_the_pretrain_stages_file(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # jobs run in the workflow's directory
+    with pytest.raises(BackboneError, match=r"results/pretrained/tiny\.pt.*pretrain stage"):
+        build_backbone("tiny", 8, "synthetic")
+    torch.manual_seed(3)
+    source = build_backbone("tiny", 8)
+    _pretrain_file(tmp_path / "results/pretrained/tiny.pt", "tiny", source)
+    torch.manual_seed(4)  # a different initialisation, which the weights must replace
+    for stride in (8, 16):  # the weights do not depend on the output stride
+        loaded = build_backbone("tiny", stride, "synthetic")
+        for (k, a), b in zip(source.state_dict().items(), loaded.state_dict().values(),
+                             strict=True):
+            assert torch.equal(a, b), k
+
+
+def test_a_pretrain_file_of_another_architecture_is_refused_by_name(tmp_path):
+    path = tmp_path / "w.pt"
+    _pretrain_file(path, "resnet50", build_backbone("tiny", 8))  # mislabelled on purpose
+    with pytest.raises(BackboneError, match=r"w\.pt.*'resnet50', not 'tiny'"):
+        build_backbone("tiny", 8, str(path))

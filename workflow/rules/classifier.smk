@@ -9,6 +9,7 @@ rule train_classifier:
     input:
         index=rules.dataset_index.output,
         init_from=init_from_input,
+        pretrained=lambda w: pretrained_inputs(config["methods"][w.variant]),
         code=method_code("train"),
     params:
         block=method_block,

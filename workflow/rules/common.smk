@@ -18,6 +18,7 @@ from wsss import registry  # noqa: E402
 from wsss.errors import ConfigError  # noqa: E402
 from wsss.imports import source_files  # noqa: E402
 from wsss.schema import validate_config  # noqa: E402
+from wsss.paths import PRETRAINED_DIR, SYNTHETIC  # noqa: E402
 
 # a researcher's own component files join the registry (and every job's environment)
 _plugins = [str(Path(p).resolve()) for p in config.get("plugins", [])]
@@ -34,6 +35,7 @@ RESULTS = f"results/{DATASET}"
 LOGS = f"{RESULTS}/logs"
 BENCH = f"{RESULTS}/benchmarks"
 ENV = "../../envs/wsss.yaml"
+PRETRAINED = str(PRETRAINED_DIR)  # the pretrain stage's weights, shared by every dataset
 CPU_THREADS = 8  # per CPU-parallel job; snakemake caps it at --cores
 
 
@@ -130,6 +132,28 @@ DATASET_JSON = as_json(dataset_block())
 
 def method_block(wildcards) -> str:
     return as_json(config["methods"][wildcards.variant])
+
+
+def pretrained_inputs(block) -> list[str]:
+    """The pretrain stage's weight files a config block starts from: one per backbone block
+    in it (at any depth: a method's backbone, a refiner's trunk, DeepLab's model) that says
+    `pretrained: synthetic`."""
+    found = []
+    if isinstance(block, dict):
+        if block.get("pretrained") == SYNTHETIC and "name" in block:
+            found.append(f"{PRETRAINED}/{block['name']}.pt")
+        for value in block.values():
+            found += pretrained_inputs(value)
+    elif isinstance(block, list):
+        for value in block:
+            found += pretrained_inputs(value)
+    return sorted(set(found))
+
+
+def refiner_pretrained(wildcards) -> list[str]:
+    """A learned refiner's pretrain-stage weights: those of its trunk, when it is pretrained."""
+    trunk = config["refiners"][wildcards.refiner].get("trunk") or {}
+    return pretrained_inputs(trunk) if trunk.get("source") == "pretrained" else []
 
 
 def method_components(variant: str) -> list:

@@ -8,6 +8,7 @@ rule deeplab_train:
         f"{RESULTS}/{{variant}}/{{refiner}}/deeplab/deeplab.pt",
     input:
         labels=f"{RESULTS}/{{variant}}/{{refiner}}/labels/{TRAIN_SPLIT}.h5",
+        pretrained=pretrained_inputs(config["deeplab"]["model"]),
         code=code("wsss.cli.deeplab_train"),
     params:
         block=deeplab_train_block,

@@ -68,6 +68,7 @@ rule refiner_train:
     input:
         labels=f"{RESULTS}/{{variant}}/{{refiner}}/train_labels/{TRAIN_SPLIT}.h5",
         classifier=f"{RESULTS}/{{variant}}/classifier.pt",
+        pretrained=refiner_pretrained,
         code=refiner_code,
     params:
         block=refiner_train_block,

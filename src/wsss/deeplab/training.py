@@ -10,6 +10,7 @@ logits of every scale and their max-fusion each get a loss) and optionally froze
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 from collections.abc import Iterator, Mapping, Sequence
@@ -198,6 +199,9 @@ def load_deeplab(weights_path: str | os.PathLike, classes: Sequence[str],
     if list(state.get("classes", [])) != list(classes):
         raise StoreError(f"{weights_path}: trained on classes {state.get('classes')}, "
                          f"the dataset has {list(classes)}")
-    method = DeepLab(state["config"], len(classes))
+    cfg = copy.deepcopy(state["config"])
+    # the state dict replaces every weight: no download, no dependency on the pretrain stage
+    cfg["model"].setdefault("backbone", {})["pretrained"] = "none"
+    method = DeepLab(cfg, len(classes))
     method.load_state_dict(state["method"])
     return method.to(device).eval()

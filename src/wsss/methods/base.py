@@ -45,7 +45,11 @@ def load_method(checkpoint: str | os.PathLike, cfg: dict[str, Any], num_classes:
     state = torch.load(checkpoint, map_location="cpu", weights_only=False)
     if state.get("config") != cfg:
         log.warning("%s was trained with a different config block than the one given", checkpoint)
-    method = build_method(cfg, num_classes)
+    # the state dict replaces every weight: building without the pretrained ones spares a
+    # download (imagenet) and a dependency on the pretrain stage's file (synthetic)
+    built = {**cfg, "backbone": {**cfg["backbone"], "pretrained": "none"}} if "backbone" in cfg \
+        else cfg
+    method = build_method(built, num_classes)
     method.load_state_dict(state["method"])
     return method.to(device).eval()
 

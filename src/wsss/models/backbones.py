@@ -17,6 +17,7 @@ from torchvision.models import ResNet50_Weights, ResNet101_Weights, resnet50, re
 from torchvision.models.resnet import BasicBlock, ResNet
 
 from wsss.errors import BackboneError
+from wsss.paths import SYNTHETIC, pretrained_path
 
 # the registry's declaration (read without importing torch); the builders register below
 REGISTER = [
@@ -57,6 +58,18 @@ class Backbone(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_stages(x)[-1]
 
+    def net_state_dict(self) -> dict[str, torch.Tensor]:
+        """The weights under torchvision's ResNet names (conv1, bn1, layer1, ...): what
+        `pretrained: <path>` loads, so a trained trunk can be saved as pretrained weights."""
+        names = {"stem.0": "conv1", "stem.1": "bn1",
+                 **{f"stages.{i}": f"layer{i + 1}" for i in range(len(self.stages))}}
+        out = {}
+        for key, value in self.state_dict().items():
+            head, _, rest = key.partition(".")
+            prefix = f"{head}.{rest.partition('.')[0]}"
+            out[f"{names[prefix]}.{rest.partition('.')[2]}"] = value.detach().clone()
+        return out
+
 
 def _dilation(output_stride: int, name: str) -> list[bool]:
     if output_stride == 16:
@@ -75,10 +88,19 @@ def _load_weights(net: nn.Module, pretrained: str, name: str, imagenet) -> None:
         # downloads into TORCH_HOME on first use; offline nodes read the cache
         state = imagenet.get_state_dict(progress=False)
     else:
-        path = Path(pretrained)
+        path = pretrained_path(name) if pretrained == SYNTHETIC else Path(pretrained)
         if not path.is_file():
+            if pretrained == SYNTHETIC:
+                raise BackboneError(f"backbone '{name}', pretrained: synthetic: no weights at "
+                                    f"{path}; the pretrain stage writes them "
+                                    f"(snakemake {path})")
             raise BackboneError(f"pretrained weights file not found: {path}")
         state = torch.load(path, map_location="cpu", weights_only=True)
+        recorded = state.get("backbone") if isinstance(state, dict) else None
+        if isinstance(recorded, str) and recorded != name:
+            # a pretrain-stage file says which architecture it holds
+            raise BackboneError(f"weights '{path}' are for backbone '{state['backbone']}', "
+                                f"not '{name}'")
         state = state.get("state_dict", state) if isinstance(state, dict) else state
     state = {k: v for k, v in state.items() if not k.startswith("fc.")}
     try:

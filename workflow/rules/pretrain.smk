@@ -1,0 +1,36 @@
+# Pretraining: the benchmark's stand-in for ImageNet. One network per backbone, trained on the
+# synthetic classification corpus (wsss.data.synthetic.corpus; its images are in no WSSS split)
+# and written to results/pretrained/<backbone>.pt, outside any dataset's folder: it is shared by
+# every dataset and variant. A backbone block with `pretrained: synthetic` reads it, and the
+# rule that trains that block lists it as an input (pretrained_inputs in common.smk), so a
+# change to the corpus or the recipe reruns exactly what starts from these weights.
+
+
+rule pretrain:
+    output:
+        weights=f"{PRETRAINED}/{{backbone}}.pt",
+        # held-out accuracy, classes, time; the per-epoch curve (the loop's checkpoint and log
+        # beside them are not outputs, so a killed job resumes)
+        summary=f"{PRETRAINED}/{{backbone}}.json",
+        curve=f"{PRETRAINED}/{{backbone}}.curve.csv",
+    input:
+        code=code("wsss.cli.pretrain"),
+    params:
+        block=as_json(config["pretrain"]),
+        device=config["device"],
+    wildcard_constraints:
+        backbone=one_of(registry.names("backbone")),
+    threads: CPU_THREADS
+    resources:
+        gpu=1,
+        mem_mb=4000,
+        runtime=120,
+    log:
+        f"{PRETRAINED}/logs/{{backbone}}.log",
+    benchmark:
+        f"{PRETRAINED}/benchmarks/{{backbone}}.tsv"
+    conda:
+        ENV
+    shell:
+        "wsss pretrain --backbone {wildcards.backbone} --config {params.block:q}"
+        " --device {params.device} --threads {threads} --out {output.weights} > {log} 2>&1"
