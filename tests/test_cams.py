@@ -302,3 +302,23 @@ def test_an_unknown_declared_normalisation_is_refused_before_a_file_is_written(
         extract_cams(method, _Dataset({"a": _grey(8, 13)}), ["a"], {"a": [0]}, INFERENCE, out,
                      {"classes": ["x", "y"]})
     assert not out.exists()
+
+
+@pytest.mark.parametrize("method_name", ["seam", "dscnet"])
+def test_a_real_methods_cams_do_not_depend_on_their_batch_mates(method_name, one_thread):
+    """SEAM's PCM and DSCNet's per-image k-means are global over the grid: in a batch padded
+    to a common size they would see the padding. Mixed sizes together equal each alone."""
+    from wsss.methods.base import build_method
+
+    backbone = {"name": "tiny", "output_stride": 8, "pretrained": "none"}
+    torch.manual_seed(0)
+    method = build_method({"method": method_name, "backbone": backbone}, 3).eval()
+    rng = np.random.default_rng(1)
+    images = [rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+              for h, w in ((40, 56), (64, 64), (40, 56))]
+    keys = [np.array([0, 2]), np.array([1]), np.array([2])]
+    together = multiscale_cams(method, images, keys, [1.0, 0.5], True)
+    for image, k, (full, low) in zip(images, keys, together, strict=True):
+        [(full_alone, low_alone)] = multiscale_cams(method, [image], [k], [1.0, 0.5], True)
+        torch.testing.assert_close(full, full_alone, atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(low, low_alone, atol=1e-5, rtol=1e-4)

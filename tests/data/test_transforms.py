@@ -14,7 +14,6 @@ from wsss.data.transforms import (
     SegmentationSet,
     color_jitter,
     normalize,
-    pad_batch,
     random_crop,
     resize_label,
     resize_long,
@@ -141,15 +140,6 @@ def test_scaled_views_sizes_and_flip_order():
     assert scaled_views(image, [2.0], flip=False)[0][0].shape == (3, 16, 12)
 
 
-def test_pad_batch_pads_bottom_and_right_with_zeros():
-    a = np.full((3, 2, 3), 1.0, np.float32)
-    b = np.full((3, 4, 1), 2.0, np.float32)
-    out = pad_batch([a, b])
-    assert out.shape == (2, 3, 4, 3)
-    assert (out[0, :, :2, :3] == 1).all() and not out[0, :, 2:].any() and not out[0, :, :, 3:].any()
-    assert (out[1, :, :, :1] == 2).all() and not out[1, :, :, 1:].any()
-
-
 def test_upsample_is_bilinear_without_aligned_corners():
     x = torch.tensor([[[[0.0, 1.0]]]])
     # half-pixel centres: source positions -0.25, 0.25, 0.75, 1.25, clamped at the borders
@@ -208,19 +198,18 @@ def test_segmentation_set_keeps_image_and_label_aligned(tiny_voc_config):
             assert cat.mean() - background.mean() > 1.5
 
 
-def test_view_maps_crop_the_padding_and_flip_the_mirror_back():
-    """Stride 1, maps = the padded batch itself: each image's two views come back as the image
-    (the padding cropped away, the mirror flipped back), whatever its batch-mates' sizes."""
-    from wsss.data.transforms import pad_batch, scaled_views, view_maps
+def test_view_maps_give_each_image_its_own_views_with_the_mirror_flipped_back():
+    """Stride 1, maps = the batch itself: each image's two views come back as the image (the
+    mirror flipped back), in the order the images were batched."""
+    from wsss.data.transforms import scaled_views, view_maps
 
     rng = np.random.default_rng(0)
-    images = [rng.integers(0, 255, (5, 7, 3)).astype(np.uint8),
-              rng.integers(0, 255, (9, 4, 3)).astype(np.uint8)]
+    images = [rng.integers(0, 255, (5, 7, 3)).astype(np.uint8) for _ in range(2)]
     arrays = [v for img in images for v in scaled_views(img, [1.0], True)[0]]
-    batch = pad_batch(arrays)
+    batch = torch.from_numpy(np.stack(arrays))
     out = list(view_maps(batch, arrays, [im.shape[:2] for im in images], 2, 1))
-    for img, maps in zip(images, out, strict=True):
-        want = torch.from_numpy(arrays[0 if img is images[0] else 2]).float()
-        assert maps.shape == (2, 3, *img.shape[:2])
+    for k, maps in enumerate(out):
+        want = torch.from_numpy(arrays[2 * k]).float()
+        assert maps.shape == (2, 3, 5, 7)
         torch.testing.assert_close(maps[0], want)
         torch.testing.assert_close(maps[1], want)  # the mirror, flipped back

@@ -1,5 +1,5 @@
 """DSCNet: k-means groups, class weights, nodes, fusion and contrast against hand-computed values;
-training steps on SEAM and the baseline, gradient paths, switches, padding-safe CAMs."""
+training steps on SEAM and the baseline, gradient paths, switches."""
 
 import math
 
@@ -347,41 +347,6 @@ def test_infer_from_base_and_refined_cams():
     assert any(not torch.equal(g, lab) for g, lab in zip(guessed, labels, strict=True))
     assert not torch.allclose(cams, torch.stack(by_guess), atol=1e-4)
     assert torch.allclose(method.cams(images), torch.stack(by_guess), atol=1e-5)
-
-
-@pytest.mark.parametrize("base", ["seam", "baseline"])
-def test_cams_keep_the_groups_off_the_padding(base):
-    import numpy as np
-
-    from wsss.data.transforms import normalize, pad_batch
-    from wsss.methods.seam import pcm_preprocess, pcm_propagate
-
-    rng = np.random.default_rng(0)
-    small = normalize(rng.integers(0, 256, (40, 56, 3), dtype=np.uint8))
-    large = normalize(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8))
-    batch = pad_batch([small, large])
-    labels = torch.tensor([[1.0, 0, 1, 0, 0], [0, 1, 0, 0, 0]])
-    method = _method(base).eval()
-    cams = method.cams(batch, labels)
-    with torch.no_grad():
-        if base == "seam":
-            cam, f, feat = method.base.features(batch)
-            pseudo_small = pcm_propagate(pcm_preprocess(cam[:1, :, :5, :7]),
-                                         f[:1, :, :5, :7])[0, 1:]
-            pseudo_large = pcm_propagate(pcm_preprocess(cam[1:]), f[1:])[0, 1:]
-            full = pcm_propagate(pcm_preprocess(cam[:1]), f[:1])[0, 1:]
-        else:
-            feat = method.base.backbone(batch)
-            cam = method.base.classifier(feat)
-            pseudo_small, pseudo_large, full = cam[0, :, :5, :7], cam[1], cam[0]
-        own = method.refined_cam(feat[0, :, :5, :7], pseudo_small, labels[0])
-        whole = method.refined_cam(feat[1], pseudo_large, labels[1])
-        # what the padded cells would have done to the small image
-        padded = method.refined_cam(feat[0], full, labels[0])
-    assert torch.allclose(cams[0, :, :5, :7], own, atol=1e-5)
-    assert not cams[0, :, 5:].any() and not cams[0, :, :, 7:].any()
-    assert torch.allclose(cams[1], whole, atol=1e-5)
-    assert not torch.allclose(padded[:, :5, :7], own, atol=1e-5)
 
 
 def test_same_seed_same_numbers():

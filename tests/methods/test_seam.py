@@ -291,29 +291,6 @@ def test_resnet_stages_feed_the_pcm():
     assert method.cams(torch.randn(1, 3, 64, 64)).shape == (1, 3, 4, 4)
 
 
-def test_cams_keep_the_pcm_off_the_padding():
-    import numpy as np
-
-    from wsss.data.transforms import normalize, pad_batch
-    from wsss.methods.seam import padding_free_extent, pcm_preprocess, pcm_propagate
-
-    rng = np.random.default_rng(0)
-    small = normalize(rng.integers(0, 256, (40, 56, 3), dtype=np.uint8))
-    large = normalize(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8))
-    batch = pad_batch([small, large])
-    assert padding_free_extent(batch) == [(40, 56), (64, 64)]
-    assert padding_free_extent(torch.zeros(1, 3, 8, 8)) == [(8, 8)]
-    method = build_method(_cfg(), 3).eval()
-    cams = method.cams(batch)
-    with torch.no_grad():
-        cam, f, _ = method.features(batch)
-        own = pcm_propagate(pcm_preprocess(cam[:1, :, :5, :7]), f[:1, :, :5, :7])[0, 1:]
-        whole = pcm_propagate(pcm_preprocess(cam[1:]), f[1:])[0, 1:]
-    assert torch.allclose(cams[0, :, :5, :7], own, atol=1e-6)
-    assert not cams[0, :, 5:].any() and not cams[0, :, :, 7:].any()
-    assert torch.allclose(cams[1], whole, atol=1e-6)
-
-
 def test_second_view_keeps_min_cells():
     # SEAM's 448 crop at 0.3 is 134 px (16 cells at stride 8): the floor does not apply
     assert second_view_size((448, 448), 0.3, 8, 8) == (134, 134)

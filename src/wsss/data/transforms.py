@@ -203,27 +203,18 @@ def scaled_views(image: np.ndarray, scales: Sequence[float], flip: bool) -> list
     return views
 
 
-def pad_batch(arrays: Sequence[np.ndarray]) -> torch.Tensor:
-    """Stack 3×h×w arrays of different sizes, zero-padded at the bottom and right."""
-    h = max(a.shape[1] for a in arrays)
-    w = max(a.shape[2] for a in arrays)
-    out = torch.zeros(len(arrays), arrays[0].shape[0], h, w)
-    for i, a in enumerate(arrays):
-        out[i, :, : a.shape[1], : a.shape[2]] = torch.from_numpy(a)
-    return out
-
-
 def upsample(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
 
 
 def view_maps(maps: torch.Tensor, arrays: Sequence[np.ndarray], sizes: Sequence[tuple[int, int]],
               per: int, stride: int) -> Iterator[torch.Tensor]:
-    """Per image of a padded batch of views (`per` consecutive views an image: the view and,
-    with 2, its mirror), its maps at image size: (per, C, H, W), mirrors flipped back.
+    """Per image of a batch of views (`per` consecutive views an image: the view and, with 2,
+    its mirror), its maps at image size: (per, C, H, W), mirrors flipped back.
 
-    Each view's maps are cropped to the cells that see the view (not the padding); those cells
-    cover slightly more than it, so they are resized to the covered extent, then cropped."""
+    A view's cells (those that see it; all of them in the unpadded batches the callers build)
+    cover slightly more than the view when a side is not a multiple of `stride`, so they are
+    resized to the covered extent, then cropped."""
     for i, (h, w) in enumerate(sizes):
         vh, vw = arrays[i * per].shape[1:]
         ch, cw = math.ceil(vh / stride), math.ceil(vw / stride)

@@ -182,7 +182,7 @@ class BackboneMethod(Method):
     #   view_losses(images, labels, scale=None) -> (its loss terms, "loss" their weighted
     #       total; its views of the batch), `scale` asking for a downscaled second view where
     #       the method has none;
-    #   inference_view(images) -> View, the maps it infers from, padding handled.
+    #   inference_view(images) -> View, the maps it infers from.
 
 
 REGISTER = {"kind": "method", "name": "baseline", "base": True, "cam_norm": "max", "order": 0}

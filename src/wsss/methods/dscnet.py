@@ -76,12 +76,12 @@ M2 = {sgcl}, M3 = {pgcl, sgcl} without fusion ("independently"), M4 = all three.
 fusion the refined classifier is never trained and CAMs come from the base.
 
 Inference (`cams`). With `infer_from: refined` and fusion on: the foreground channels of Ô on
-the feature grid, computed per image over the cells that see the image (inference batches are
-zero-padded; k-means and the max-normalisation of the base's map over padded cells would be
-wrong), zeros elsewhere, as `SEAM.cams` does for its PCM. Groups come from the given labels;
-without labels from the classes whose base classification score (global average of the base's
-CAM over the image) is positive, at least the top one: the refined scores cannot choose the
-groups because they depend on them. `infer_from: base` returns the base's CAMs. Deterministic.
+the feature grid, computed image by image (batches hold views of one size, never zero-padded:
+k-means and the max-normalisation of the base's map would run over padded cells). Groups come
+from the given labels; without labels from the classes whose base classification score (global
+average of the base's CAM over the image) is positive, at least the top one: the refined
+scores cannot choose the groups because they depend on them. `infer_from: base` returns the
+base's CAMs. Deterministic.
 
 Cost: per image a k-means over N cells (N × G × E per step) and an N × G attention; the loop over
 images is in Python, everything inside it vectorised.
@@ -103,7 +103,6 @@ from torch import nn
 from wsss.methods.base import View, register
 from wsss.methods.contrast import cosine, masked_average_pool, multi_positive_nce, unit
 from wsss.methods.plugin import PluginMethod
-from wsss.methods.seam import image_cells  # the padding-free cells of a zero-padded batch
 
 # The registry's declaration, read without importing torch. `schema` is the `dscnet:` block of a
 # method; its defaults (every one ours) are the only place they are written.
@@ -369,20 +368,17 @@ class DSCNet(PluginMethod):
     # -- inference -------------------------------------------------------------------------
     @torch.no_grad()
     def cams(self, images: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
-        """Refined CAMs' foreground channels (B, C, h, w), each image over its padding-free
-        cells (zeros beyond); the base's CAMs with `infer_from: base` or without fusion."""
+        """Refined CAMs' foreground channels (B, C, h, w), image by image (k-means and the
+        normalisation run per image); the base's CAMs with `infer_from: base` or without
+        fusion."""
         if self.settings["infer_from"] != "refined" or not self.fusion:
             return self.base.cams(images, labels)
         view = self.base.inference_view(images)
-        out = view.feat.new_zeros(images.shape[0], self.num_classes, *view.feat.shape[-2:])
-        for i, (ch, cw) in enumerate(image_cells(images, tuple(view.feat.shape[-2:]))):
-            cells = (i, slice(None), slice(0, ch), slice(0, cw))
-            if labels is None:
-                label = predicted_labels(view.cam[cells].mean(dim=(1, 2)))
-            else:
-                label = labels[i]
-            out[cells] = self.refined_cam(view.feat[cells], view.pseudo[cells], label)
-        return out
+        out = []
+        for i in range(images.shape[0]):
+            label = predicted_labels(view.cam[i].mean(dim=(1, 2))) if labels is None else labels[i]
+            out.append(self.refined_cam(view.feat[i], view.pseudo[i], label))
+        return torch.stack(out)
 
 
 def predicted_labels(scores: torch.Tensor) -> torch.Tensor:

@@ -41,7 +41,6 @@ small for large images (each image counts twice with flip).
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
@@ -320,54 +319,18 @@ class SEAM(BackboneMethod):
         foreground channels of the revised CAM, on the feature grid; CAM and PCM features come
         from the same forward pass.
 
-        `cams.multiscale_maps` no longer pads (each forward holds views of one size), but a
-        caller may pass a batch zero-padded at the bottom and right (`pad_batch`). Unlike a
-        convolution, the PCM is global: padded cells would enter every cell's average and the
-        per-channel maxima. So each image's PCM runs over the cells that see the image only
-        (`image_cells`), and the rest stays 0.
+        The PCM is global (every cell's average and the per-channel maxima run over the whole
+        grid), so a batch must not be zero-padded to a common size: `cams.multiscale_maps`
+        batches views of one size only.
         """
         cam, f, feat = self.features(images)
-        cells = image_cells(images, tuple(cam.shape[-2:]))
-        if all(c == tuple(cam.shape[-2:]) for c in cells):
-            revised = pcm_propagate(pcm_preprocess(cam), f)[:, 1:]
-        else:
-            revised = torch.zeros_like(cam[:, 1:])
-            for i, (ch, cw) in enumerate(cells):
-                part = pcm_propagate(pcm_preprocess(cam[i : i + 1, :, :ch, :cw]),
-                                     f[i : i + 1, :, :ch, :cw])
-                revised[i, :, :ch, :cw] = part[0, 1:]
+        revised = pcm_propagate(pcm_preprocess(cam), f)[:, 1:]
         return View(images, feat, cam[:, 1:], revised)
 
     @torch.no_grad()
     def cams(self, images: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         """Foreground channels of the revised CAM (SEAM infers from it); see `inference_view`."""
         return self.inference_view(images).pseudo
-
-
-def image_cells(images: torch.Tensor, grid: tuple[int, int]) -> list[tuple[int, int]]:
-    """Per image of a zero-padded batch, the (rows, cols) of the feature grid that see the image:
-    ⌈extent / stride⌉, at most the grid."""
-    h, w = grid
-    sy, sx = images.shape[2] / h, images.shape[3] / w
-    return [(min(h, math.ceil(vh / sy)), min(w, math.ceil(vw / sx)))
-            for vh, vw in padding_free_extent(images)]
-
-
-def padding_free_extent(images: torch.Tensor) -> list[tuple[int, int]]:
-    """Per image (rows, cols) up to the last row / column with a non-zero value.
-
-    A normalised uint8 pixel is never exactly 0 in all three channels (ImageNet's mean is not
-    a multiple of 1/255), so trailing all-zero rows and columns are padding. An image that is
-    all zero counts as unpadded.
-    """
-    nonzero = images.ne(0).any(dim=1)  # (B, H, W)
-    height, width = images.shape[2], images.shape[3]
-    rows = nonzero.any(dim=2) * torch.arange(1, height + 1, device=images.device)
-    cols = nonzero.any(dim=1) * torch.arange(1, width + 1, device=images.device)
-    out = []
-    for r, c in zip(rows.amax(dim=1).tolist(), cols.amax(dim=1).tolist(), strict=True):
-        out.append((r, c) if r and c else (height, width))
-    return out
 
 
 def _stage_widths(backbone: nn.Module) -> list[int]:
