@@ -140,3 +140,47 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+# A short real pretrain run (seconds on one thread; four shapes learnt well above chance):
+# weights in the stage's format for tests that build the default config's networks
+# (`pretrained: synthetic`), so that they train from features, as the default run does.
+QUICK_PRETRAIN = {"corpus": {"classes": 4, "train_per_class": 64, "held_out_per_class": 16,
+                             "size": 48},
+                  "training": {"epochs": 3, "batch_size": 16, "optimizer": "adamw", "lr": 0.002,
+                               "weight_decay": 1.0e-4}}
+
+
+@pytest.fixture(scope="session")
+def quick_pretrained(tmp_path_factory) -> Path:
+    """A tiny.pt written once per session by a real (very short) pretrain run."""
+    import torch
+
+    from wsss.pretrain import pretrain
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return pretrain("tiny", QUICK_PRETRAIN, tmp_path_factory.mktemp("pretrained") / "tiny.pt",
+                        torch.device("cpu"))
+    finally:
+        torch.set_num_threads(threads)
+
+
+def pretrained_workdir(work: Path, weights: Path) -> Path:
+    """`work` with the pretrain stage's tiny.pt where jobs find it (results/pretrained/,
+    relative to the workflow's directory, i.e. the current directory of a job)."""
+    import shutil
+
+    (work / "results" / "pretrained").mkdir(parents=True, exist_ok=True)
+    shutil.copy(weights, work / "results" / "pretrained" / "tiny.pt")
+    return work
+
+
+@pytest.fixture
+def in_pretrained_workdir(tmp_path: Path, monkeypatch, quick_pretrained: Path) -> Path:
+    """Run the test in a fresh directory with `quick_pretrained` as results/pretrained/tiny.pt
+    (see `pretrained_workdir`); returns that directory."""
+    work = pretrained_workdir(tmp_path / "workdir", quick_pretrained)
+    monkeypatch.chdir(work)
+    return work

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import QUICK_PRETRAIN
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -32,10 +33,11 @@ def _tiny_config() -> dict:
     (the baseline and "other", a DSCNet on SEAM: a plug-in method whose CAMs need the labels)."""
     cfg = yaml.safe_load((REPO / "config.yaml").read_text())
     cfg["dataset"]["synthetic"].update(num_train=24, num_val=8)
-    cfg["methods"] = json.loads(json.dumps(cfg["methods"]))  # unshare the YAML anchors
-    for name in ("baseline", "dscnet"):
-        cfg["methods"][name]["training"].update(epochs=1, batch_size=8)
-        cfg["methods"][name]["inference"].update(scales=[1.0])
+    # the other methods are `like: baseline`: they follow
+    cfg["methods"]["baseline"]["training"].update(epochs=1, batch_size=8)
+    cfg["methods"]["baseline"]["inference"].update(scales=[1.0])
+    # the pretrain stage, real but a few seconds (conftest.QUICK_PRETRAIN)
+    cfg["pretrain"] = QUICK_PRETRAIN
     cfg["methods"]["other"] = cfg["methods"]["dscnet"]
     cfg["run"]["variants"] = ["baseline", "other"]
     cfg["run"]["variant_refiners"] = {}
@@ -78,7 +80,8 @@ def test_dry_run_of_the_default_config(tmp_path):
     _write_config(tmp_path, yaml.safe_load((REPO / "config.yaml").read_text()))
     jobs = _planned_jobs(_snakemake(tmp_path, "-n"))
     # four variants (baseline, seam, hsc, dscnet); the learned refiners on the baseline only
-    assert jobs == {"synthetic_data": 1, "dataset_index": 1, "train_classifier": 4, "cams": 4,
+    assert jobs == {"pretrain": 1, "synthetic_data": 1, "dataset_index": 1, "train_classifier": 4,
+                    "cams": 4,
                     "evaluate_seeds": 4, "refine_crf": 4, "refiner_train_labels": 2,
                     "refiner_train": 2, "refine_learned": 2, "evaluate_labels": 6,
                     "failure_modes": 4, "failure_modes_labels": 6, "deeplab_train": 1,
@@ -117,7 +120,7 @@ def test_tiny_run_then_only_the_changed_branch_reruns(tmp_path):
                                          "training_curves.png", "Per-class IoU"))
 
     # a training setting of one variant: that variant's classifier and everything after it
-    cfg["methods"]["other"]["training"]["lr"] = 0.02
+    cfg["methods"]["other"]["training"] = {"lr": 0.02}  # its own key over the `like:` chain's
     _write_config(tmp_path, cfg)
     assert _planned_jobs(_snakemake(tmp_path, "-n")) == {
         "train_classifier": 1, "cams": 1, "evaluate_seeds": 1, "failure_modes": 1,
@@ -127,7 +130,7 @@ def test_tiny_run_then_only_the_changed_branch_reruns(tmp_path):
         "all": 1}
 
     # a setting of one refiner: that refiner's labels of every variant, nothing upstream
-    cfg["methods"]["other"]["training"]["lr"] = _tiny_config()["methods"]["other"]["training"]["lr"]
+    del cfg["methods"]["other"]["training"]
     cfg["refiners"]["crf_power"]["iterations"] = 3
     _write_config(tmp_path, cfg)
     proc = _snakemake(tmp_path, "-n")
@@ -250,24 +253,37 @@ def test_crf_threshold_is_chosen_on_the_selection_split_for_every_labelled_split
     _expect_config_error(tmp_path, cfg, "evaluation.selection_split", "trian")
 
 
-def test_pretrained_synthetic_is_an_input_of_exactly_the_rules_that_start_from_it(tmp_path):
-    cfg = yaml.safe_load((REPO / "config.yaml").read_text())
-    cfg["methods"] = json.loads(json.dumps(cfg["methods"]))  # unshare the YAML anchors
-    cfg["methods"]["baseline"]["backbone"]["pretrained"] = "synthetic"
-    cfg["refiners"]["irn"]["trunk"] = {"source": "pretrained",
-                                       "backbone": {"name": "tiny", "pretrained": "synthetic"}}
-    cfg["run"].update(variants=["baseline", "seam"], refiners=["crf", "psa", "irn"],
-                      variant_refiners={"seam": ["crf"]}, deeplab=[["baseline", "psa"]])
-    _write_config(tmp_path, cfg)
-    proc = _snakemake(tmp_path, "-n", "--printshellcmds")
-    (planned,) = _planned_outputs(proc, "pretrain")  # one backbone, pretrained once
-    assert planned.split(", ")[0] == "results/pretrained/tiny.pt"
+def _pretrained_users(workdir: Path, *configfiles: Path) -> tuple[list[str], list[str]]:
+    """A dry run's planned pretrain outputs, and the outputs of the jobs that read tiny.pt."""
+    _write_config(workdir, yaml.safe_load(configfiles[0].read_text()))
+    proc = _snakemake(workdir, "-n", "--printshellcmds", "--configfile",
+                      *map(str, configfiles))
     weights = "results/pretrained/tiny.pt"
     blocks = {b.split("output: ")[1].split("\n")[0]: b
               for b in re.split(r"\n(?=(?:local)?rule \w+:)", proc.stdout) if "output: " in b}
     users = sorted(out for out, b in blocks.items()
                    if weights in b.split("output: ")[0] and not out.startswith(weights))
-    # the baseline's classifier and IRN's trunk; not SEAM, PSA (the classifier's trunk) or
-    # DeepLab (pretrained: none)
-    assert users == ["results/synthetic/baseline/classifier.pt",
-                     "results/synthetic/baseline/irn/network.pt"]
+    return _planned_outputs(proc, "pretrain"), users
+
+
+def test_pretrained_synthetic_is_an_input_of_exactly_the_rules_that_start_from_it(tmp_path):
+    main = REPO / "config.yaml"
+    scratch = REPO / "workflow" / "configs" / "benchmark" / "scratch.yaml"
+    # the default config, the papers' regime: every network that trains starts from the weights
+    planned, users = _pretrained_users(tmp_path, main)
+    assert [p.split(", ")[0] for p in planned] == ["results/pretrained/tiny.pt"]  # once
+    res = "results/synthetic"
+    assert users == sorted([f"{res}/{v}/classifier.pt" for v in ("baseline", "seam", "hsc",
+                                                                 "dscnet")]
+                           + [f"{res}/baseline/psa/network.pt", f"{res}/baseline/irn/network.pt",
+                              f"{res}/baseline/psa/deeplab/deeplab.pt"])
+    # the from-scratch overlay: nothing starts from them, so the stage does not run at all
+    assert _pretrained_users(tmp_path, main, scratch) == ([], [])
+    # one method and one refiner switched back on: exactly those two read them
+    (tmp_path / "mixed.yaml").write_text(yaml.safe_dump({
+        "methods": {"hsc": {"backbone": {"pretrained": "synthetic"}}},
+        "refiners": {"irn": {"trunk": {"source": "pretrained", "backbone": {
+            "name": "tiny", "output_stride": 8, "pretrained": "synthetic"}}}}}))
+    planned, users = _pretrained_users(tmp_path, main, scratch, tmp_path / "mixed.yaml")
+    assert len(planned) == 1
+    assert users == [f"{res}/baseline/irn/network.pt", f"{res}/hsc/classifier.pt"]

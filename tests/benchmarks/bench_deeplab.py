@@ -38,11 +38,9 @@ REPO = Path(__file__).resolve().parents[2]
 
 def _default_block(config: Path) -> dict[str, Any]:
     """The deeplab block of a config file, completed with the schema's defaults."""
-    from snakemake.utils import validate
+    from wsss.schema import validate_config
 
-    cfg = yaml.safe_load(config.read_text())
-    validate(cfg, str(REPO / "workflow" / "schemas" / "config.schema.yaml"))
-    return cfg["deeplab"]
+    return validate_config(yaml.safe_load(config.read_text()))["deeplab"]
 
 
 def _gt_labels(ds: VocDataset, path: Path) -> Path:

@@ -181,6 +181,10 @@ def micro_config() -> dict:
     cfg["deeplab"]["splits"] = ["val"]
     cfg["run"]["deeplab"] = [["baseline", "psa"]]
     cfg["report"] = {"examples": 2}
+    sys.path.insert(0, str(REPO / "tests"))  # run as a script: tests/ is not on the path
+    from conftest import QUICK_PRETRAIN  # the pretrain stage, real but seconds
+
+    cfg["pretrain"] = QUICK_PRETRAIN
     return cfg
 
 

@@ -151,3 +151,27 @@ def test_predict_failure_leaves_neither_file(tmp_path, tiny_voc_config):
         predict(weights, ds, "val", cfg, out, out_crf, "cpu", 2)
     assert not out.exists() and not out_crf.exists()
     assert not list(tmp_path.glob(".val*"))
+
+
+def test_the_model_block_warning_ignores_where_the_trunk_started(tmp_path, tiny_voc_config,
+                                                                 caplog):
+    """Trained from a weights file, predicted with the very block it was trained with: no
+    warning (the loaded network is built with pretrained: none, which is not a difference);
+    another ASPP block still warns."""
+    from wsss.models.backbones import build_backbone
+
+    ds = VocDataset.from_config(tiny_voc_config)
+    trunk = tmp_path / "trunk.pt"
+    torch.save({"backbone": "tiny", "state_dict": build_backbone("tiny", 8).net_state_dict()},
+               trunk)
+    cfg = make_cfg(epochs=1)
+    cfg["model"]["backbone"]["pretrained"] = str(trunk)
+    weights = train(ds, "train", gt_store(ds, "train", tmp_path / "gt.h5"), cfg,
+                    tmp_path / "net", "cpu")
+    with caplog.at_level("WARNING", logger="wsss"):
+        predict(weights, ds, "val", cfg, tmp_path / "p.h5", None, "cpu")
+    assert "another deeplab.model block" not in caplog.text
+    other = {**cfg, "model": {**cfg["model"], "rates": [2, 4, 6, 8]}}
+    with caplog.at_level("WARNING", logger="wsss"):
+        predict(weights, ds, "val", other, tmp_path / "q.h5", None, "cpu")
+    assert "another deeplab.model block" in caplog.text

@@ -16,7 +16,7 @@ rule deeplab_train:
         split=TRAIN_SPLIT,
         device=config["device"],
         out_dir=lambda wildcards, output: os.path.dirname(output[0]),
-    threads: CPU_THREADS
+    threads: TRAIN_THREADS
     resources:
         gpu=1,
         mem_mb=16000,

@@ -77,7 +77,7 @@ rule refiner_train:
         device=config["device"],
     wildcard_constraints:
         refiner=one_of(LEARNED),
-    threads: CPU_THREADS
+    threads: TRAIN_THREADS
     resources:
         gpu=1,
         mem_mb=8000,

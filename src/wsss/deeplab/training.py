@@ -188,6 +188,14 @@ def train(ds: VocDataset, split: str, label_path: str | os.PathLike, cfg: dict[s
         labels.close()
 
 
+def same_network(model: dict[str, Any]) -> dict[str, Any]:
+    """A `deeplab.model` block with the backbone's `pretrained` set to none: the block of the
+    network a weights file holds, whichever initial weights its training started from."""
+    model = copy.deepcopy(model)
+    model.setdefault("backbone", {})["pretrained"] = "none"
+    return model
+
+
 def load_deeplab(weights_path: str | os.PathLike, classes: Sequence[str],
                  device: torch.device) -> DeepLab:
     """The network `train` wrote, in eval mode on `device`; its classes must be `classes`."""
@@ -201,7 +209,7 @@ def load_deeplab(weights_path: str | os.PathLike, classes: Sequence[str],
                          f"the dataset has {list(classes)}")
     cfg = copy.deepcopy(state["config"])
     # the state dict replaces every weight: no download, no dependency on the pretrain stage
-    cfg["model"].setdefault("backbone", {})["pretrained"] = "none"
+    cfg["model"] = same_network(cfg["model"])
     method = DeepLab(cfg, len(classes))
     method.load_state_dict(state["method"])
     return method.to(device).eval()

@@ -1,0 +1,62 @@
+"""Mean and spread over training seeds, from finished runs' evaluation files (a script, not a
+test).
+
+    .venv/bin/python tests/benchmarks/seed_table.py DIR [DIR ...] [--split train]
+
+Reads every `results/<dataset>/<variant>/cams/<split>.eval.json` (seeds) and
+`.../crf/labels/<split>.eval.json` (seeds + CRF) under the given working directories. Variants
+are grouped by their name without a trailing `_s<seed>` (the seeds overlays' convention; the main
+config's variant is seed 0), e.g. baseline, baseline_s1 and baseline_s2 form one row. Prints per
+group: the number of seeds, each seed's seeds mIoU, the mean and sample standard deviation of
+seeds mIoU and of CRF mIoU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import statistics
+from collections import defaultdict
+from pathlib import Path
+
+SEED = re.compile(r"_s(\d+)$")
+
+
+def _miou(path: Path) -> float | None:
+    return float(json.loads(path.read_text())["miou"]) * 100 if path.is_file() else None
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("dirs", nargs="+", type=Path)
+    p.add_argument("--split", default="train")
+    args = p.parse_args()
+    rows: dict[str, dict[int, tuple[float, float | None]]] = defaultdict(dict)
+    for work in args.dirs:
+        for seeds in sorted(work.glob(f"results/*/*/cams/{args.split}.eval.json")):
+            variant_dir = seeds.parents[1]
+            m = SEED.search(variant_dir.name)
+            group = SEED.sub("", variant_dir.name)
+            seed = int(m.group(1)) if m else 0
+            crf = _miou(variant_dir / "crf" / "labels" / f"{args.split}.eval.json")
+            rows[group][seed] = (_miou(seeds), crf)
+
+    def fmt(values: list[float]) -> str:
+        if not values:
+            return "-"
+        spread = statistics.stdev(values) if len(values) > 1 else 0.0
+        return f"{statistics.mean(values):5.1f} ± {spread:4.1f}"
+
+    print(f"{'variant':22s} {'n':>2s} {'seeds mIoU per seed':24s} {'seeds mean ± sd':>15s} "
+          f"{'CRF mean ± sd':>15s}")
+    for group in sorted(rows):
+        per_seed = [rows[group][s] for s in sorted(rows[group])]
+        seeds = [s for s, _ in per_seed]
+        crfs = [c for _, c in per_seed if c is not None]
+        listed = " / ".join(f"{s:.1f}" for s in seeds)
+        print(f"{group:22s} {len(seeds):2d} {listed:24s} {fmt(seeds):>15s} {fmt(crfs):>15s}")
+
+
+if __name__ == "__main__":
+    main()
