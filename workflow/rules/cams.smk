@@ -12,7 +12,8 @@ rule cams:
         block=method_block,
         dataset=DATASET_JSON,
         device=config["device"],
-    threads: CPU_THREADS
+    threads: TORCH_THREADS
+    priority: CHAIN_PRIORITY
     resources:
         gpu=1,
         mem_mb=8000,

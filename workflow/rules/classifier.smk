@@ -17,7 +17,7 @@ rule train_classifier:
         split=config["dataset"]["train_split"],
         device=config["device"],
         init_from=init_from_arg,
-    threads: TRAIN_THREADS
+    threads: TORCH_THREADS
     resources:
         gpu=1,
         mem_mb=8000,

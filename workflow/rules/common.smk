@@ -37,12 +37,18 @@ BENCH = f"{RESULTS}/benchmarks"
 ENV = "../../envs/wsss.yaml"
 PRETRAINED = str(PRETRAINED_DIR)  # the pretrain stage's weights, shared by every dataset
 CPU_THREADS = 8  # per CPU-parallel job; snakemake caps it at --cores
-# Network training (a method's classifier, a learned refiner, DeepLab): one torch thread. A
-# second thread speeds a training step up by only 1.4-1.65x (tests/benchmarks/bench_threads.py,
-# README "Threads"), so two one-thread jobs side by side get more done than one job with two;
-# and a job's numbers no longer depend on --cores (torch's reductions change order with the
-# thread count). More per job: snakemake --set-threads train_classifier=4 (a new result).
-TRAIN_THREADS = 1
+# Network training (a method's classifier, a learned refiner, DeepLab) and CAM extraction: one
+# torch thread. A second thread speeds a training step up by only 1.4-1.65x and a CAM job not at
+# all (start-up dominates), tests/benchmarks/bench_threads.py and README "Threads", so two
+# one-thread jobs side by side get more done than one job with two; and a job's numbers do not
+# depend on --cores (torch's reductions change order with the thread count). More per job:
+# snakemake --set-threads train_classifier=4 (a new result). CRF jobs keep CPU_THREADS: their
+# process pools scale with it.
+TORCH_THREADS = 1
+# Depth first: when a core frees, a job on the way from a trained classifier to its results
+# (CAMs, the learned refiners, DeepLab) goes before the next classifier's training, so that
+# the longest chain, the baseline's through PSA to DeepLab, runs beside the other trainings.
+CHAIN_PRIORITY = 1
 
 
 def as_json(obj) -> str:

@@ -16,7 +16,8 @@ rule deeplab_train:
         split=TRAIN_SPLIT,
         device=config["device"],
         out_dir=lambda wildcards, output: os.path.dirname(output[0]),
-    threads: TRAIN_THREADS
+    threads: TORCH_THREADS
+    priority: CHAIN_PRIORITY
     resources:
         gpu=1,
         mem_mb=16000,
@@ -45,6 +46,7 @@ rule deeplab_predict:
         dataset=DATASET_JSON,
         device=config["device"],
     threads: CPU_THREADS
+    priority: CHAIN_PRIORITY
     resources:
         gpu=1,
         mem_mb=8000,

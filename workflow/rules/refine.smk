@@ -47,6 +47,7 @@ rule refiner_train_labels:
     wildcard_constraints:
         refiner=one_of(LEARNED),
     threads: CPU_THREADS
+    priority: CHAIN_PRIORITY
     resources:
         mem_mb=4000,
         runtime=120,
@@ -77,7 +78,8 @@ rule refiner_train:
         device=config["device"],
     wildcard_constraints:
         refiner=one_of(LEARNED),
-    threads: TRAIN_THREADS
+    threads: TORCH_THREADS
+    priority: CHAIN_PRIORITY
     resources:
         gpu=1,
         mem_mb=8000,
@@ -108,6 +110,7 @@ rule refine_learned:
     wildcard_constraints:
         refiner=one_of(LEARNED),
     threads: CPU_THREADS
+    priority: CHAIN_PRIORITY
     resources:
         gpu=1,
         mem_mb=8000,
