@@ -13,7 +13,6 @@ rule cams:
         dataset=DATASET_JSON,
         device=config["device"],
     threads: TORCH_THREADS
-    priority: CHAIN_PRIORITY
     resources:
         gpu=1,
         mem_mb=8000,

@@ -45,10 +45,6 @@ CPU_THREADS = 8  # per CPU-parallel job; snakemake caps it at --cores
 # snakemake --set-threads train_classifier=4 (a new result). CRF jobs keep CPU_THREADS: their
 # process pools scale with it.
 TORCH_THREADS = 1
-# Depth first: when a core frees, a job on the way from a trained classifier to its results
-# (CAMs, the learned refiners, DeepLab) goes before the next classifier's training, so that
-# the longest chain, the baseline's through PSA to DeepLab, runs beside the other trainings.
-CHAIN_PRIORITY = 1
 
 
 def as_json(obj) -> str:

@@ -17,7 +17,6 @@ rule deeplab_train:
         device=config["device"],
         out_dir=lambda wildcards, output: os.path.dirname(output[0]),
     threads: TORCH_THREADS
-    priority: CHAIN_PRIORITY
     resources:
         gpu=1,
         mem_mb=16000,
@@ -46,7 +45,6 @@ rule deeplab_predict:
         dataset=DATASET_JSON,
         device=config["device"],
     threads: CPU_THREADS
-    priority: CHAIN_PRIORITY
     resources:
         gpu=1,
         mem_mb=8000,

@@ -47,7 +47,6 @@ rule refiner_train_labels:
     wildcard_constraints:
         refiner=one_of(LEARNED),
     threads: CPU_THREADS
-    priority: CHAIN_PRIORITY
     resources:
         mem_mb=4000,
         runtime=120,
@@ -79,7 +78,6 @@ rule refiner_train:
     wildcard_constraints:
         refiner=one_of(LEARNED),
     threads: TORCH_THREADS
-    priority: CHAIN_PRIORITY
     resources:
         gpu=1,
         mem_mb=8000,
@@ -110,7 +108,6 @@ rule refine_learned:
     wildcard_constraints:
         refiner=one_of(LEARNED),
     threads: CPU_THREADS
-    priority: CHAIN_PRIORITY
     resources:
         gpu=1,
         mem_mb=8000,
