@@ -45,7 +45,7 @@ def _config(files: list[Path]) -> dict:
 def _snakemake(work: Path, files: list[Path], targets: list[str], threads: int,
                cores: str) -> None:
     cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"),
-           "--directory", str(work), "--cores", cores, "--quiet",
+           "--directory", str(work), "--cores", cores,
            *targets, "--set-threads", f"train_classifier={threads}",
            "--configfile", *map(str, files)]
     subprocess.run(cmd, check=True)
