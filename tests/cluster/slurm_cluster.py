@@ -39,8 +39,8 @@ import yaml
 REPO = Path(__file__).resolve().parents[2]
 SKIP = 77
 ETC = Path("/etc/slurm")
-GPU_RULES = {"pretrain", "train_classifier", "cams", "refiner_train", "refine_learned", "deeplab_train",
-             "deeplab_predict"}
+GPU_RULES = {"pretrain", "train_classifier", "cams", "refiner_train", "refine_learned",
+             "deeplab_train", "deeplab_predict"}
 LOCAL_RULES = {"summary", "report_figures", "all"}
 
 
