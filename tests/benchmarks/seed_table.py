@@ -8,7 +8,7 @@ Reads every `results/<dataset>/<variant>/cams/<split>.eval.json` (seeds) and
 are grouped by their name without a trailing `_s<seed>` (the seeds overlays' convention; the main
 config's variant is seed 0), e.g. baseline, baseline_s1 and baseline_s2 form one row. Prints per
 group: the number of seeds, each seed's seeds mIoU, the mean and sample standard deviation of
-seeds mIoU and of CRF mIoU.
+seeds mIoU and of CRF mIoU (and each seed's CRF mIoU).
 """
 
 from __future__ import annotations
@@ -49,13 +49,15 @@ def main() -> None:
         return f"{statistics.mean(values):5.1f} ± {spread:4.1f}"
 
     print(f"{'variant':22s} {'n':>2s} {'seeds mIoU per seed':24s} {'seeds mean ± sd':>15s} "
-          f"{'CRF mean ± sd':>15s}")
+          f"{'CRF per seed':24s} {'CRF mean ± sd':>15s}")
     for group in sorted(rows):
         per_seed = [rows[group][s] for s in sorted(rows[group])]
         seeds = [s for s, _ in per_seed]
         crfs = [c for _, c in per_seed if c is not None]
         listed = " / ".join(f"{s:.1f}" for s in seeds)
-        print(f"{group:22s} {len(seeds):2d} {listed:24s} {fmt(seeds):>15s} {fmt(crfs):>15s}")
+        listed_crf = " / ".join(f"{c:.1f}" for c in crfs)
+        print(f"{group:22s} {len(seeds):2d} {listed:24s} {fmt(seeds):>15s} {listed_crf:24s} "
+              f"{fmt(crfs):>15s}")
 
 
 if __name__ == "__main__":

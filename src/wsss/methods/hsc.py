@@ -97,8 +97,9 @@ commits as a collapse of one training seed: the levels contrast cells against pr
 from the model's own pseudo-labels, so labels that spill onto the background pull background
 features towards the objects', the CAM spreads further and the labels follow; in its extreme
 every cell ends up foreground, where RSC has no background left and PSC a single class. The
-papers start from an ImageNet ResNet-38 whose first pseudo-labels are already good (issue 13's
-pretrained regime is the test of that).
+papers start from an ImageNet ResNet-38 whose first pseudo-labels are already good, as the
+benchmark's default config does with the pretrain stage's weights (the README compares both
+regimes).
 """
 
 from __future__ import annotations
