@@ -16,6 +16,7 @@ and their differences, and the mean absolute difference.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import shutil
 import subprocess
@@ -23,7 +24,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-import yaml
+from snakemake.settings.types import ConfigSettings
 
 from wsss.schema import resolve_like
 
@@ -31,15 +32,9 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def _config(files: list[Path]) -> dict:
-    """The merged config the way Snakemake merges --configfile layers (nested keys merged)."""
-    def merge(a: dict, b: dict) -> dict:
-        for k, v in b.items():
-            a[k] = merge(dict(a[k]), v) if isinstance(v, dict) and isinstance(a.get(k), dict) else v
-        return a
-    cfg: dict = {}
-    for f in files:
-        cfg = merge(cfg, yaml.safe_load(f.read_text()) or {})
-    return resolve_like(cfg)
+    """The config the Snakefile sees with `--configfile *files`: Snakemake's own merge of the
+    layers (ConfigSettings), `like:` resolved."""
+    return resolve_like(copy.deepcopy(ConfigSettings(configfiles=files).overwrite_config))
 
 
 def _snakemake(work: Path, files: list[Path], targets: list[str], threads: int,

@@ -25,7 +25,8 @@ from tqdm import tqdm
 
 from wsss import registry
 from wsss.data.transforms import scaled_views, view_maps
-from wsss.deeplab.training import DeepLab, as_device, load_deeplab, same_network
+from wsss.deeplab.training import DeepLab, as_device, load_deeplab
+from wsss.models.backbones import without_pretrained
 from wsss.ops.densecrf import crf_params, dense_crf
 from wsss.ops.pool import background_pool
 from wsss.schema import BASE_SCHEMA
@@ -112,7 +113,8 @@ def predict(weights_path: str | os.PathLike, ds: VocDataset, split: str, cfg: di
         method = load_deeplab(weights_path, ds.classes, as_device(device))
         # where the trunk's weights came from is not part of the trained network (it loads
         # with pretrained: none, see load_deeplab)
-        if cfg.get("model") is not None and same_network(cfg["model"]) != method.cfg["model"]:
+        given = cfg.get("model")
+        if given is not None and without_pretrained(given) != method.cfg["model"]:
             log.warning("%s was trained with another deeplab.model block than the one given; "
                         "using the trained one", weights_path)
         attrs = {"classes": list(ds.classes), "split": split, "refiner": json.dumps(cfg),

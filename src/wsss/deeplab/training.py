@@ -10,7 +10,6 @@ logits of every scale and their max-fusion each get a loss) and optionally froze
 
 from __future__ import annotations
 
-import copy
 import logging
 import os
 from collections.abc import Iterator, Mapping, Sequence
@@ -23,7 +22,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from wsss.data.transforms import SegmentationSet, upsample
-from wsss.models.backbones import freeze_batchnorm
+from wsss.models.backbones import freeze_batchnorm, without_pretrained
 from wsss.models.deeplab import build_deeplab
 from wsss.store import LabelMap, LabelReader, StoreError
 from wsss.train import Trainable, fit, pick_device, seed_everything
@@ -188,14 +187,6 @@ def train(ds: VocDataset, split: str, label_path: str | os.PathLike, cfg: dict[s
         labels.close()
 
 
-def same_network(model: dict[str, Any]) -> dict[str, Any]:
-    """A `deeplab.model` block with the backbone's `pretrained` set to none: the block of the
-    network a weights file holds, whichever initial weights its training started from."""
-    model = copy.deepcopy(model)
-    model.setdefault("backbone", {})["pretrained"] = "none"
-    return model
-
-
 def load_deeplab(weights_path: str | os.PathLike, classes: Sequence[str],
                  device: torch.device) -> DeepLab:
     """The network `train` wrote, in eval mode on `device`; its classes must be `classes`."""
@@ -207,9 +198,7 @@ def load_deeplab(weights_path: str | os.PathLike, classes: Sequence[str],
     if list(state.get("classes", [])) != list(classes):
         raise StoreError(f"{weights_path}: trained on classes {state.get('classes')}, "
                          f"the dataset has {list(classes)}")
-    cfg = copy.deepcopy(state["config"])
-    # the state dict replaces every weight: no download, no dependency on the pretrain stage
-    cfg["model"] = same_network(cfg["model"])
-    method = DeepLab(cfg, len(classes))
+    method = DeepLab({**state["config"], "model": without_pretrained(state["config"]["model"])},
+                     len(classes))
     method.load_state_dict(state["method"])
     return method.to(device).eval()

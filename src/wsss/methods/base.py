@@ -20,7 +20,7 @@ from torch import nn
 
 from wsss import registry
 from wsss.errors import ConfigError, MethodError
-from wsss.models.backbones import build_backbone, freeze_batchnorm
+from wsss.models.backbones import build_backbone, freeze_batchnorm, without_pretrained
 from wsss.train import Trainable
 
 log = logging.getLogger(__name__)
@@ -45,11 +45,7 @@ def load_method(checkpoint: str | os.PathLike, cfg: dict[str, Any], num_classes:
     state = torch.load(checkpoint, map_location="cpu", weights_only=False)
     if state.get("config") != cfg:
         log.warning("%s was trained with a different config block than the one given", checkpoint)
-    # the state dict replaces every weight: building without the pretrained ones spares a
-    # download (imagenet) and a dependency on the pretrain stage's file (synthetic)
-    built = {**cfg, "backbone": {**cfg["backbone"], "pretrained": "none"}} if "backbone" in cfg \
-        else cfg
-    method = build_method(built, num_classes)
+    method = build_method(without_pretrained(cfg) if "backbone" in cfg else cfg, num_classes)
     method.load_state_dict(state["method"])
     return method.to(device).eval()
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -69,6 +70,13 @@ class Backbone(nn.Module):
             prefix = f"{head}.{rest.partition('.')[0]}"
             out[f"{names[prefix]}.{rest.partition('.')[2]}"] = value.detach().clone()
         return out
+
+
+def without_pretrained(block: dict[str, Any]) -> dict[str, Any]:
+    """A config block holding a `backbone` (a method's, DeepLab's `model`) with that backbone's
+    `pretrained` set to none: the block to rebuild a trained network from, whose weights file
+    replaces every weight (no download, no dependency on the pretrain stage's file)."""
+    return {**block, "backbone": {**block.get("backbone", {}), "pretrained": "none"}}
 
 
 def _dilation(output_stride: int, name: str) -> list[bool]:
