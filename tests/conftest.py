@@ -176,11 +176,3 @@ def pretrained_workdir(work: Path, weights: Path) -> Path:
     shutil.copy(weights, work / "results" / "pretrained" / "tiny.pt")
     return work
 
-
-@pytest.fixture
-def in_pretrained_workdir(tmp_path: Path, monkeypatch, quick_pretrained: Path) -> Path:
-    """Run the test in a fresh directory with `quick_pretrained` as results/pretrained/tiny.pt
-    (see `pretrained_workdir`); returns that directory."""
-    work = pretrained_workdir(tmp_path / "workdir", quick_pretrained)
-    monkeypatch.chdir(work)
-    return work
