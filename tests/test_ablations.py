@@ -30,6 +30,8 @@ MAINS = [REPO / "config.yaml", REPO / "workflow" / "configs" / "voc.yaml"]
 # them). A backbone, schedule or inference block written into an overlay shows up as a change
 # outside these and fails; seeds.yaml may set the training seed and nothing else.
 SWITCHES = {
+    "acr_losses.yaml": {"acr.weights.cu_t", "acr.weights.cu_nt"},
+    "acr_srf.yaml": {"acr.srf.enabled"},
     "dscnet_modules.yaml": {"dscnet.components", "dscnet.infer_from"},
     "hsc_components.yaml": {"hsc.components", "hsc.crf.psc", "hsc.crf.rsc_csc"},
     "seeds.yaml": {"training.seed"},

@@ -79,6 +79,9 @@ def up_to_date(tmp_path_factory):
     ("methods/dscnet.py", {("train_classifier", "variant=dscnet"),
                            ("cams", "variant=dscnet, split=train")},
      {("train_classifier", "variant=seam"), ("cams", "variant=seam, split=train")}),
+    # a model module only one method imports (ACR's U-Net): that method's stages only
+    ("models/unet.py", {("train_classifier", "variant=acr"), ("cams", "variant=acr, split=train")},
+     {("train_classifier", "variant=baseline"), ("cams", "variant=baseline, split=train")}),
     # DeepLab's prediction code does not retrain it
     ("deeplab/predict.py", {("deeplab_predict", "variant=baseline, refiner=psa, split=val")},
      {("deeplab_train", "variant=baseline, refiner=psa")}),

@@ -79,12 +79,12 @@ def _planned_outputs(proc: subprocess.CompletedProcess, rule: str) -> list[str]:
 def test_dry_run_of_the_default_config(tmp_path):
     _write_config(tmp_path, yaml.safe_load((REPO / "config.yaml").read_text()))
     jobs = _planned_jobs(_snakemake(tmp_path, "-n"))
-    # four variants (baseline, seam, hsc, dscnet); the learned refiners on the baseline only
-    assert jobs == {"pretrain": 1, "synthetic_data": 1, "dataset_index": 1, "train_classifier": 4,
-                    "cams": 4,
-                    "evaluate_seeds": 4, "refine_crf": 4, "refiner_train_labels": 2,
-                    "refiner_train": 2, "refine_learned": 2, "evaluate_labels": 6,
-                    "failure_modes": 4, "failure_modes_labels": 6, "deeplab_train": 1,
+    # five variants (baseline, seam, hsc, dscnet, acr); the learned refiners on the baseline only
+    assert jobs == {"pretrain": 1, "synthetic_data": 1, "dataset_index": 1, "train_classifier": 5,
+                    "cams": 5,
+                    "evaluate_seeds": 5, "refine_crf": 5, "refiner_train_labels": 2,
+                    "refiner_train": 2, "refine_learned": 2, "evaluate_labels": 7,
+                    "failure_modes": 5, "failure_modes_labels": 7, "deeplab_train": 1,
                     "deeplab_predict": 2, "evaluate_deeplab": 4, "summary": 1,
                     "report_figures": 1, "all": 1}
 

@@ -26,6 +26,7 @@ from wsss.train import Trainable
 log = logging.getLogger(__name__)
 METHODS: dict[str, type[Method]] = {}
 MIN_CELLS = 8  # smallest side, in feature cells, of a downscaled second view
+NORM_EPS = 1e-5
 
 
 def register(name: str):
@@ -127,6 +128,15 @@ class View:
     feat: torch.Tensor  # (B, D, h, w) last backbone stage
     cam: torch.Tensor  # (B, C, h, w) raw foreground CAM (before ReLU)
     pseudo: torch.Tensor  # (B, C, h, w) the map the base infers from (SEAM: PCM-revised CAM)
+
+
+def max_norm(x: torch.Tensor) -> torch.Tensor:
+    """ReLU, then per-channel min-max scaling of (B, C, h, w) to [0, 1) (SEAM's and ACR's
+    `max_norm`)."""
+    x = F.relu(x)
+    hi = x.amax(dim=(2, 3), keepdim=True)
+    lo = x.amin(dim=(2, 3), keepdim=True)
+    return F.relu(x - lo - NORM_EPS) / (hi - lo + NORM_EPS)
 
 
 def second_view_size(size: tuple[int, int], scale: float, stride: int,

@@ -48,7 +48,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from wsss import registry
-from wsss.methods.base import BackboneMethod, View, register, second_view_size
+from wsss.methods.base import BackboneMethod, View, max_norm, register, second_view_size
+from wsss.models.backbones import stage_widths
 from wsss.train.trainable import bias_groups
 
 # The registry's declaration, read without importing torch. `schema` is the `seam:` block of a
@@ -115,14 +116,6 @@ def resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     if tuple(x.shape[-2:]) == tuple(size):
         return x
     return F.interpolate(x, size=size, mode="bilinear", align_corners=True)
-
-
-def max_norm(x: torch.Tensor) -> torch.Tensor:
-    """ReLU, then per-channel min-max scaling to [0, 1) (SEAM's `max_norm`)."""
-    x = F.relu(x)
-    hi = x.amax(dim=(2, 3), keepdim=True)
-    lo = x.amin(dim=(2, 3), keepdim=True)
-    return F.relu(x - lo - EPS) / (hi - lo + EPS)
 
 
 def with_background(x: torch.Tensor) -> torch.Tensor:
@@ -213,7 +206,7 @@ class SEAM(BackboneMethod):
     def __init__(self, cfg: dict[str, Any], num_classes: int):
         super().__init__(cfg, num_classes)
         self.seam = seam_settings(cfg)
-        widths = _stage_widths(self.backbone)
+        widths = stage_widths(self.backbone)
         if len(widths) < 3:
             raise ValueError("SEAM's PCM needs a backbone with at least three stages")
         self.dropout = nn.Dropout2d(float(self.seam["dropout"]))
@@ -331,16 +324,3 @@ class SEAM(BackboneMethod):
     def cams(self, images: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         """Foreground channels of the revised CAM (SEAM infers from it); see `inference_view`."""
         return self.inference_view(images).pseudo
-
-
-def _stage_widths(backbone: nn.Module) -> list[int]:
-    """Output channels of every backbone stage, read off a tiny forward pass (no bookkeeping
-    per backbone kind to keep in sync). Every submodule gets back the mode it had: a
-    `backbone.train()` would put frozen BatchNorm back into train mode."""
-    modes = [(m, m.training) for m in backbone.modules()]
-    backbone.eval()
-    with torch.no_grad():
-        outs = backbone.forward_stages(torch.zeros(1, 3, 32, 32))
-    for module, mode in modes:
-        module.training = mode
-    return [o.shape[1] for o in outs]

@@ -168,6 +168,19 @@ def build_backbone(name: str, output_stride: int, pretrained: str = "none") -> B
     return BACKBONES[name](output_stride=output_stride, pretrained=pretrained)
 
 
+def stage_widths(backbone: Backbone) -> list[int]:
+    """Output channels of every backbone stage, read off a tiny forward pass (no bookkeeping
+    per backbone kind to keep in sync). Every submodule gets back the mode it had: a
+    `backbone.train()` would put frozen BatchNorm back into train mode."""
+    modes = [(m, m.training) for m in backbone.modules()]
+    backbone.eval()
+    with torch.no_grad():
+        outs = backbone.forward_stages(torch.zeros(1, 3, 32, 32))
+    for module, mode in modes:
+        module.training = mode
+    return [o.shape[1] for o in outs]
+
+
 def freeze_batchnorm(module: nn.Module) -> None:
     """Keep BatchNorm layers in eval mode with fixed affine parameters (pretrained statistics)."""
     for m in module.modules():

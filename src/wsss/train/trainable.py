@@ -94,34 +94,11 @@ class Trainable(nn.Module, metaclass=ABCMeta):
         """Parameter groups with `lr_mult`; the optimizer is built over these."""
 
     def build_optimizers(self, training: dict[str, Any]) -> list[torch.optim.Optimizer]:
-        """One optimizer over `param_groups()` (parameters without gradient left out, and
-        groups left empty by that), chosen by `training["optimizer"]`; a group's own
-        `weight_decay` overrides the block's; also reads `grad_clip` for `optimize`."""
-        groups = []
-        for group in self.param_groups():
-            params = [p for p in group["params"] if p.requires_grad]
-            if params:
-                groups.append({**group, "params": params})
-        name = _opt(training, "optimizer")
-        if name == "sgd":
-            opt = torch.optim.SGD(
-                groups,
-                lr=training["lr"],
-                momentum=training["momentum"],
-                weight_decay=training["weight_decay"],
-                nesterov=training.get("nesterov", False),
-            )
-        elif name == "adamw":
-            beta1, beta2 = _opt(training, "betas")
-            opt = torch.optim.AdamW(groups, lr=training["lr"], betas=(float(beta1), float(beta2)),
-                                    weight_decay=training["weight_decay"])
-        else:
-            raise ConfigError(f"training.optimizer '{name}': expected one of {OPTIMIZERS}")
-        for group in opt.param_groups:
-            group["initial_lr"] = training["lr"] * group.get("lr_mult", 1.0)
-        clip = _opt(training, "grad_clip")
-        self.grad_clip = None if clip is None else float(clip)
-        self.optimizers = [opt]
+        """One optimizer over `param_groups()` (`make_optimizer`); also reads `grad_clip` for
+        `optimize`. A network trained by several optimizers (ACR's two) overrides this and
+        sets `self.optimizers` and `self.grad_clip` the same way."""
+        self.grad_clip = clip_setting(training)
+        self.optimizers = [make_optimizer(self.param_groups(), training)]
         return self.optimizers
 
     def begin(self, total_steps: int, steps_per_epoch: int, start_step: int) -> None:
@@ -135,16 +112,19 @@ class Trainable(nn.Module, metaclass=ABCMeta):
         """One step on a batch: forward, losses, `self.optimize(loss)`; returns the loss terms
         as floats for the log."""
 
-    def optimize(self, loss: torch.Tensor) -> None:
-        """One step of every optimizer on `loss`: zero the gradients, backpropagate, clip the
-        global gradient norm to `grad_clip` (when set), step."""
-        for opt in self.optimizers:
+    def optimize(self, loss: torch.Tensor,
+                 optimizers: list[torch.optim.Optimizer] | None = None) -> None:
+        """One step of `optimizers` (every optimizer by default) on `loss`: zero their
+        gradients, backpropagate, clip the global gradient norm of their parameters to
+        `grad_clip` (when set), step."""
+        optimizers = self.optimizers if optimizers is None else optimizers
+        for opt in optimizers:
             opt.zero_grad(set_to_none=True)
         loss.backward()
         if self.grad_clip is not None:
-            params = [p for opt in self.optimizers for g in opt.param_groups for p in g["params"]]
+            params = [p for opt in optimizers for g in opt.param_groups for p in g["params"]]
             torch.nn.utils.clip_grad_norm_(params, self.grad_clip)
-        for opt in self.optimizers:
+        for opt in optimizers:
             opt.step()
 
     @property
@@ -156,6 +136,42 @@ class Trainable(nn.Module, metaclass=ABCMeta):
         if self.device.type == "cuda":
             return torch.autocast("cuda", dtype=torch.bfloat16)
         return contextlib.nullcontext()
+
+
+def clip_setting(training: dict[str, Any]) -> float | None:
+    """The training block's `grad_clip` as a float, None when unset."""
+    clip = _opt(training, "grad_clip")
+    return None if clip is None else float(clip)
+
+
+def make_optimizer(param_groups: list[dict[str, Any]],
+                   training: dict[str, Any]) -> torch.optim.Optimizer:
+    """The optimizer the training block names over `param_groups` (parameters without
+    gradient left out, and groups left empty by that); a group's own `weight_decay` overrides
+    the block's; each group's `initial_lr` is `lr` × its `lr_mult`."""
+    groups = []
+    for group in param_groups:
+        params = [p for p in group["params"] if p.requires_grad]
+        if params:
+            groups.append({**group, "params": params})
+    name = _opt(training, "optimizer")
+    if name == "sgd":
+        opt: torch.optim.Optimizer = torch.optim.SGD(
+            groups,
+            lr=training["lr"],
+            momentum=training["momentum"],
+            weight_decay=training["weight_decay"],
+            nesterov=training.get("nesterov", False),
+        )
+    elif name == "adamw":
+        beta1, beta2 = _opt(training, "betas")
+        opt = torch.optim.AdamW(groups, lr=training["lr"], betas=(float(beta1), float(beta2)),
+                                weight_decay=training["weight_decay"])
+    else:
+        raise ConfigError(f"training.optimizer '{name}': expected one of {OPTIMIZERS}")
+    for group in opt.param_groups:
+        group["initial_lr"] = training["lr"] * group.get("lr_mult", 1.0)
+    return opt
 
 
 def lr_factor(training: dict[str, Any], step: int, max_steps: int) -> float:
