@@ -39,9 +39,12 @@ SWITCHES = {
     # the embedded benchmark's schedule grid (after config.yaml only: its numbers are the
     # benchmark's): schedules and seeds, nothing else
     "schedule.yaml": {"training.epochs", "training.lr", "training.seed"},
+    # ACR's small reconstructor on three seeds (after config.yaml only)
+    "acr_small.yaml": {"acr.projections", "acr.unet", "training.seed"},
 }
 GRIDS = {"schedule.yaml"}
-BENCHMARK = [(REPO / "config.yaml", REPO / "workflow" / "configs" / "benchmark" / "schedule.yaml")]
+BENCHMARK = [(REPO / "config.yaml", REPO / "workflow" / "configs" / "benchmark" / name)
+             for name in ("schedule.yaml", "acr_small.yaml")]
 
 
 # -- how Snakemake assembles the config ------------------------------------------------------

@@ -274,7 +274,7 @@ def test_pretrained_synthetic_is_an_input_of_exactly_the_rules_that_start_from_i
     assert [p.split(", ")[0] for p in planned] == ["results/pretrained/tiny.pt"]  # once
     res = "results/synthetic"
     assert users == sorted([f"{res}/{v}/classifier.pt" for v in ("baseline", "seam", "hsc",
-                                                                 "dscnet")]
+                                                                 "dscnet", "acr")]
                            + [f"{res}/baseline/psa/network.pt", f"{res}/baseline/irn/network.pt",
                               f"{res}/baseline/psa/deeplab/deeplab.pt"])
     # the from-scratch overlay: nothing starts from them, so the stage does not run at all

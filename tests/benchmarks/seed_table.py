@@ -8,7 +8,9 @@ Reads every `results/<dataset>/<variant>/cams/<split>.eval.json` (seeds) and
 are grouped by their name without a trailing `_s<seed>` (the seeds overlays' convention; the main
 config's variant is seed 0), e.g. baseline, baseline_s1 and baseline_s2 form one row. Prints per
 group: the number of seeds, each seed's seeds mIoU, the mean and sample standard deviation of
-seeds mIoU and of CRF mIoU (and each seed's CRF mIoU).
+seeds mIoU and of CRF mIoU (and each seed's CRF mIoU), and below that table the seeds'
+foreground precision and recall (`fg_precision`, `fg_recall` of the seeds' evaluation: all
+object pixels as one class, at the seeds' best threshold) per seed with their means.
 """
 
 from __future__ import annotations
@@ -27,12 +29,18 @@ def _miou(path: Path) -> float | None:
     return float(json.loads(path.read_text())["miou"]) * 100 if path.is_file() else None
 
 
+def _fg(path: Path) -> tuple[float, float]:
+    ev = json.loads(path.read_text())
+    return float(ev["fg_precision"]) * 100, float(ev["fg_recall"]) * 100
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("dirs", nargs="+", type=Path)
     p.add_argument("--split", default="train")
     args = p.parse_args()
     rows: dict[str, dict[int, tuple[float, float | None]]] = defaultdict(dict)
+    fg: dict[str, dict[int, tuple[float, float]]] = defaultdict(dict)
     for work in args.dirs:
         for seeds in sorted(work.glob(f"results/*/*/cams/{args.split}.eval.json")):
             variant_dir = seeds.parents[1]
@@ -41,6 +49,7 @@ def main() -> None:
             seed = int(m.group(1)) if m else 0
             crf = _miou(variant_dir / "crf" / "labels" / f"{args.split}.eval.json")
             rows[group][seed] = (_miou(seeds), crf)
+            fg[group][seed] = _fg(seeds)
 
     def fmt(values: list[float]) -> str:
         if not values:
@@ -58,6 +67,14 @@ def main() -> None:
         listed_crf = " / ".join(f"{c:.1f}" for c in crfs)
         print(f"{group:22s} {len(seeds):2d} {listed:24s} {fmt(seeds):>15s} {listed_crf:24s} "
               f"{fmt(crfs):>15s}")
+    print(f"\n{'variant':22s} {'fg precision per seed':24s} {'mean ± sd':>15s} "
+          f"{'fg recall per seed':24s} {'mean ± sd':>15s}")
+    for group in sorted(fg):
+        per_seed = [fg[group][s] for s in sorted(fg[group])]
+        prec = [p for p, _ in per_seed]
+        rec = [r for _, r in per_seed]
+        print(f"{group:22s} {' / '.join(f'{v:.1f}' for v in prec):24s} {fmt(prec):>15s} "
+              f"{' / '.join(f'{v:.1f}' for v in rec):24s} {fmt(rec):>15s}")
 
 
 if __name__ == "__main__":
