@@ -72,7 +72,7 @@ rule evaluate_deeplab:
         stage=lambda wildcards: f"deeplab_{wildcards.refiner}{DEEPLAB_KINDS[wildcards.kind]}",
     wildcard_constraints:
         kind=one_of(DEEPLAB_KINDS),
-    threads: CPU_THREADS
+    threads: POOL_THREADS
     resources:
         mem_mb=4000,
     log:

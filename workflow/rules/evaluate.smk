@@ -11,7 +11,7 @@ rule evaluate_seeds:
     params:
         dataset=DATASET_JSON,
         evaluation=as_json(config["evaluation"]),
-    threads: CPU_THREADS
+    threads: POOL_THREADS
     resources:
         mem_mb=4000,
     log:
@@ -79,7 +79,7 @@ rule evaluate_labels:
         code=code("wsss.cli.evaluate"),
     params:
         dataset=DATASET_JSON,
-    threads: CPU_THREADS
+    threads: POOL_THREADS
     resources:
         mem_mb=4000,
     log:

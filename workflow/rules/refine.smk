@@ -13,7 +13,7 @@ rule refine_crf:
         seeds=seeds_eval_arg,
     wildcard_constraints:
         refiner=one_of(refiners_of("crf")),
-    threads: CPU_THREADS
+    threads: POOL_THREADS
     resources:
         mem_mb=4000,
         runtime=120,
@@ -46,7 +46,7 @@ rule refiner_train_labels:
         dataset=DATASET_JSON,
     wildcard_constraints:
         refiner=one_of(LEARNED),
-    threads: CPU_THREADS
+    threads: POOL_THREADS
     resources:
         mem_mb=4000,
         runtime=120,
@@ -141,7 +141,7 @@ rule refine_direct:
         device=config["device"],
     wildcard_constraints:
         refiner=one_of(DIRECT),
-    threads: CPU_THREADS
+    threads: POOL_THREADS
     resources:
         mem_mb=4000,
         runtime=120,
