@@ -50,9 +50,9 @@ class Up(nn.Module):
 class UNetDecoder(nn.Module):
     """(B, in_channels, H, W) -> (B, out_channels, H, W), H and W multiples of `2**depth`."""
 
-    # channels-last runs these convolutions about 1.7x faster on CPU (the benchmark's 96 px
-    # decoder, forward + backward: tests/benchmarks/bench_acr.py); results are the same up to
-    # float rounding. A class attribute so that the benchmark can compare both layouts.
+    # channels-last runs these convolutions faster on CPU (tests/benchmarks/bench_acr.py; the
+    # figure is in the README, "ACR on the benchmark"); results are the same up to float
+    # rounding. A class attribute so that the benchmark can compare both layouts.
     channels_last = True
 
     def __init__(self, in_channels: int, out_channels: int = 3, depth: int = 8, width: int = 64,
