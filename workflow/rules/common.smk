@@ -40,15 +40,16 @@ CPU_THREADS = 8  # per CPU-parallel job; snakemake caps it at --cores
 # Per-image process pools whose results do not depend on the pool's size (dense CRF, metrics):
 # at most half the cores, so that on a small machine they run beside a one-thread training
 # instead of waiting for it. On 2 cores a 10-minute ACR training otherwise held every CRF and
-# evaluation job back until it ended (README, "Run time"). From 16 cores on it is CPU_THREADS.
+# evaluation job back until it ended (README, "ACR on the benchmark", Cost). From 16 cores on
+# it is CPU_THREADS. (pretrain, data, refine_learned and deeplab_predict keep CPU_THREADS.)
 POOL_THREADS = min(CPU_THREADS, max(1, workflow.cores // 2))
 # Network training (a method's classifier, a learned refiner, DeepLab) and CAM extraction: one
 # torch thread. A second thread speeds a training step up by only 1.4-1.65x and a CAM job not at
 # all (start-up dominates), tests/benchmarks/bench_threads.py and README "Threads", so two
 # one-thread jobs side by side get more done than one job with two; and a job's numbers do not
 # depend on --cores (torch's reductions change order with the thread count). More per job:
-# snakemake --set-threads train_classifier=4 (a new result). CRF jobs keep CPU_THREADS: their
-# process pools scale with it.
+# snakemake --set-threads train_classifier=4 (a new result). CRF jobs keep their process pools
+# (POOL_THREADS): those scale with it.
 TORCH_THREADS = 1
 
 

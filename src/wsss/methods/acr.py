@@ -83,7 +83,6 @@ from wsss.errors import ConfigError
 from wsss.methods.base import BaselineCAM, max_norm, register
 from wsss.models.backbones import build_backbone, freeze_batchnorm, stage_widths
 from wsss.models.unet import UNetDecoder
-from wsss.train.trainable import clip_setting, make_optimizer
 
 REGISTER = {
     "kind": "method",
@@ -297,12 +296,9 @@ class ACR(BaselineCAM):
     def param_groups(self) -> list[dict[str, Any]]:
         return [*self.classifier_groups(), *self.reconstructor_groups()]
 
-    def build_optimizers(self, training: dict[str, Any]) -> list[torch.optim.Optimizer]:
-        """Two optimizers of the training block's kind: [classifier's, reconstructor's]."""
-        self.grad_clip = clip_setting(training)
-        self.optimizers = [make_optimizer(self.classifier_groups(), training),
-                           make_optimizer(self.reconstructor_groups(), training)]
-        return self.optimizers
+    def optimizer_groups(self) -> list[list[dict[str, Any]]]:
+        """Two optimizers: [classifier's, reconstructor's]."""
+        return [self.classifier_groups(), self.reconstructor_groups()]
 
     def begin(self, total_steps: int, steps_per_epoch: int, start_step: int) -> None:
         self.total_steps = total_steps

@@ -93,12 +93,18 @@ class Trainable(nn.Module, metaclass=ABCMeta):
     def param_groups(self) -> list[dict[str, Any]]:
         """Parameter groups with `lr_mult`; the optimizer is built over these."""
 
+    def optimizer_groups(self) -> list[list[dict[str, Any]]]:
+        """The param groups of each optimizer: one optimizer over `param_groups()` by default;
+        a network trained by several optimizers in turn (ACR's classifier and reconstructor)
+        returns one list per optimizer, in the order `self.optimizers` will have them."""
+        return [self.param_groups()]
+
     def build_optimizers(self, training: dict[str, Any]) -> list[torch.optim.Optimizer]:
-        """One optimizer over `param_groups()` (`make_optimizer`); also reads `grad_clip` for
-        `optimize`. A network trained by several optimizers (ACR's two) overrides this and
-        sets `self.optimizers` and `self.grad_clip` the same way."""
-        self.grad_clip = clip_setting(training)
-        self.optimizers = [make_optimizer(self.param_groups(), training)]
+        """One optimizer per list of `optimizer_groups()` (`make_optimizer`); also reads
+        `grad_clip` for `optimize`."""
+        clip = _opt(training, "grad_clip")
+        self.grad_clip = None if clip is None else float(clip)
+        self.optimizers = [make_optimizer(groups, training) for groups in self.optimizer_groups()]
         return self.optimizers
 
     def begin(self, total_steps: int, steps_per_epoch: int, start_step: int) -> None:
@@ -136,12 +142,6 @@ class Trainable(nn.Module, metaclass=ABCMeta):
         if self.device.type == "cuda":
             return torch.autocast("cuda", dtype=torch.bfloat16)
         return contextlib.nullcontext()
-
-
-def clip_setting(training: dict[str, Any]) -> float | None:
-    """The training block's `grad_clip` as a float, None when unset."""
-    clip = _opt(training, "grad_clip")
-    return None if clip is None else float(clip)
 
 
 def make_optimizer(param_groups: list[dict[str, Any]],
