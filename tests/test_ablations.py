@@ -32,9 +32,13 @@ MAINS = [REPO / "config.yaml", REPO / "workflow" / "configs" / "voc.yaml"]
 SWITCHES = {
     "acr_losses.yaml": {"acr.weights.cu_t", "acr.weights.cu_nt"},
     "acr_srf.yaml": {"acr.srf.enabled"},
+    "csrm_losses.yaml": {"csrm.weights.s2c", "csrm.weights.u", "csrm.weights.contrast",
+                         "csrm.classmix.prob"},
+    "csrm_thresholds.yaml": {"csrm.c2s.fg", "csrm.s2c.sigma"},
     "dscnet_modules.yaml": {"dscnet.components", "dscnet.infer_from"},
     "hsc_components.yaml": {"hsc.components", "hsc.crf.psc", "hsc.crf.rsc_csc"},
-    "seeds.yaml": {"training.seed"},
+    # seeds.yaml: the training seed; CSRM's seeds also start from the baseline of their seed
+    "seeds.yaml": {"training.seed", "init_from"},
     "irn_thresholds.yaml": {"conf_fg", "conf_bg"},
     # the embedded benchmark's schedule grid (after config.yaml only: its numbers are the
     # benchmark's): schedules and seeds, nothing else
@@ -94,14 +98,15 @@ def _jobs(text: str, rule: str) -> list[tuple[dict[str, str], dict[str, Any] | N
 def _effective(section: str, block: dict[str, Any]) -> dict[str, Any]:
     """A validated block with the settings its components read at run time: the validator
     fills a component block's defaults only where the block is given, the component merges
-    its REGISTER defaults under whatever is."""
+    its REGISTER defaults under whatever is (and reads them all when its method's block is
+    left out: voc.yaml's `csrm` has none)."""
     if section == "refiners":
         return registry.settings("refiner", block["refiner"], block)
     out = copy.deepcopy(block)
     for comp in registry.components("method").values():
         sub = comp.get("block")
-        if sub and sub in out:
-            out[sub] = registry.settings("method", comp.name, out[sub])
+        if sub and (sub in out or out.get("method") == comp.name):
+            out[sub] = registry.settings("method", comp.name, out.get(sub))
     return out
 
 

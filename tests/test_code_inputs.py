@@ -82,6 +82,10 @@ def up_to_date(tmp_path_factory):
     # a model module only one method imports (ACR's U-Net): that method's stages only
     ("models/unet.py", {("train_classifier", "variant=acr"), ("cams", "variant=acr, split=train")},
      {("train_classifier", "variant=baseline"), ("cams", "variant=baseline, split=train")}),
+    # CSRM's DeepLabV3+ head: CSRM's stages only
+    ("models/deeplabv3plus.py", {("train_classifier", "variant=csrm"),
+                                 ("cams", "variant=csrm, split=val")},
+     {("train_classifier", "variant=acr"), ("cams", "variant=baseline, split=train")}),
     # DeepLab's prediction code does not retrain it
     ("deeplab/predict.py", {("deeplab_predict", "variant=baseline, refiner=psa, split=val")},
      {("deeplab_train", "variant=baseline, refiner=psa")}),

@@ -79,12 +79,14 @@ def _planned_outputs(proc: subprocess.CompletedProcess, rule: str) -> list[str]:
 def test_dry_run_of_the_default_config(tmp_path):
     _write_config(tmp_path, yaml.safe_load((REPO / "config.yaml").read_text()))
     jobs = _planned_jobs(_snakemake(tmp_path, "-n"))
-    # five variants (baseline, seam, hsc, dscnet, acr); the learned refiners on the baseline only
-    assert jobs == {"pretrain": 1, "synthetic_data": 1, "dataset_index": 1, "train_classifier": 5,
-                    "cams": 5,
-                    "evaluate_seeds": 5, "refine_crf": 5, "refiner_train_labels": 2,
-                    "refiner_train": 2, "refine_learned": 2, "evaluate_labels": 7,
-                    "failure_modes": 5, "failure_modes_labels": 7, "deeplab_train": 1,
+    # six variants (baseline, seam, hsc, dscnet, acr, csrm); the learned refiners on the baseline
+    # only; CSRM's head (seghead) labels train and val, so its CAMs are extracted on val too
+    assert jobs == {"pretrain": 1, "synthetic_data": 1, "dataset_index": 1, "train_classifier": 6,
+                    "cams": 7,
+                    "evaluate_seeds": 6, "refine_crf": 6, "refiner_train_labels": 2,
+                    "refiner_train": 2, "refine_learned": 2, "refine_direct": 2,
+                    "evaluate_labels": 10,
+                    "failure_modes": 6, "failure_modes_labels": 10, "deeplab_train": 1,
                     "deeplab_predict": 2, "evaluate_deeplab": 4, "summary": 1,
                     "report_figures": 1, "all": 1}
 
@@ -274,7 +276,7 @@ def test_pretrained_synthetic_is_an_input_of_exactly_the_rules_that_start_from_i
     assert [p.split(", ")[0] for p in planned] == ["results/pretrained/tiny.pt"]  # once
     res = "results/synthetic"
     assert users == sorted([f"{res}/{v}/classifier.pt" for v in ("baseline", "seam", "hsc",
-                                                                 "dscnet", "acr")]
+                                                                 "dscnet", "acr", "csrm")]
                            + [f"{res}/baseline/psa/network.pt", f"{res}/baseline/irn/network.pt",
                               f"{res}/baseline/psa/deeplab/deeplab.pt"])
     # the from-scratch overlay: nothing starts from them, so the stage does not run at all

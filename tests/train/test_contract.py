@@ -222,6 +222,21 @@ def test_fit_hands_the_second_batch_to_the_method(tmp_path):
                .seen)
 
 
+def test_short_epochs_take_the_first_batches_of_each_epochs_permutation(tmp_path):
+    """`steps_per_epoch` (CSRM's 46-step epochs of train_aug): each epoch is the first batches
+    of its own permutation, so a short epoch is a prefix of the full one, the next epoch starts
+    a new permutation, and the run (and its epoch column) has epochs x steps_per_epoch steps."""
+    full = list(StepSampler(12, 2, seed=3, start=0, stop=12))  # 6 batches per epoch
+    short = list(StepSampler(12, 2, seed=3, start=0, stop=4, per_epoch=2))
+    assert short == full[0:2] + full[6:8]
+    assert list(StepSampler(12, 2, seed=3, start=3, stop=4, per_epoch=2)) == short[3:]
+    toy = _fit(tmp_path, {**TRAINING, "epochs": 3, "steps_per_epoch": 1},
+               trainset=IndexedToySet())
+    assert len(toy.seen) == 3  # 3 epochs of 1 step, not of the 2 the 10 images allow
+    rows = (tmp_path / "toy.log.csv").read_text().splitlines()[1:]
+    assert [r.split(",")[1] for r in rows] == ["0", "1", "2"]
+
+
 def test_a_trainable_without_its_hooks_cannot_be_built():
     """The contract's hooks are abstract: a network missing one fails when it is built, not
     halfway through a run."""

@@ -11,7 +11,7 @@ keeps besides its weights (an EMA teacher, a FIFO bank) rides in its state_dict 
 
   trainable.py  Trainable (param groups, optimizers, optimize, begin), the lr schedules
   loop.py       fit, StepSampler, checkpoints, seeding, the device
-  state.py      EMA teacher, FIFO bank
+  state.py      EMA teacher, FIFO bank, per-class row banks (ClassBanks)
 """
 
 from wsss.train.loop import (
@@ -22,7 +22,7 @@ from wsss.train.loop import (
     save_checkpoint,
     seed_everything,
 )
-from wsss.train.state import EMA, FIFO
+from wsss.train.state import EMA, FIFO, ClassBanks
 from wsss.train.trainable import (
     TRAINING_DEFAULTS,
     Trainable,
@@ -33,7 +33,7 @@ from wsss.train.trainable import (
 )
 
 __all__ = [
-    "EMA", "FIFO", "TRAINING_DEFAULTS", "U_STREAM", "StepSampler", "Trainable", "fit",
+    "EMA", "FIFO", "ClassBanks", "TRAINING_DEFAULTS", "U_STREAM", "StepSampler", "Trainable", "fit",
     "lr_factor", "pick_device", "poly_lr", "save_checkpoint", "schedule_lr", "seed_everything",
     "set_lr",
 ]

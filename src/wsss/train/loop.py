@@ -38,17 +38,18 @@ def pick_device(name: str = "auto") -> torch.device:
 
 
 class StepSampler(torch.utils.data.Sampler):
-    """Batches of (index, epoch) for steps `start`..`stop`, the same whatever `start` is.
+    """Batches of (index, epoch) for steps `start`..`stop`, the same whatever `start` is. An
+    epoch is the first `per_epoch` batches of its permutation (all of them by default).
 
     With `unaugmented`, each key is (index, epoch, index_u): `index_u` is the image of the
     second, unaugmented batch at that position, taken from its own permutation of the epoch.
     """
 
     def __init__(self, n: int, batch_size: int, seed: int, start: int, stop: int,
-                 unaugmented: bool = False):
+                 unaugmented: bool = False, per_epoch: int | None = None):
         self.n, self.batch_size, self.seed = n, batch_size, seed
         self.start, self.stop = start, stop
-        self.per_epoch = n // batch_size
+        self.per_epoch = n // batch_size if per_epoch is None else min(per_epoch, n // batch_size)
         self.unaugmented = unaugmented
 
     def __len__(self) -> int:
@@ -127,6 +128,8 @@ def fit(
         raise ValueError(
             f"training.batch_size {batch_size} exceeds the {len(trainset)} training images"
         )
+    if training.get("steps_per_epoch"):  # short epochs (CSRM's 46 steps of train_aug)
+        per_epoch = min(per_epoch, int(training["steps_per_epoch"]))
     max_steps = training["epochs"] * per_epoch
     seed = training["seed"]
     seed_everything(seed)
@@ -148,7 +151,8 @@ def fit(
     method.begin(max_steps, per_epoch, start)
 
     unaugmented = bool(training.get("unaugmented_batch", TRAINING_DEFAULTS["unaugmented_batch"]))
-    sampler = StepSampler(len(trainset), batch_size, seed, start, max_steps, unaugmented)
+    sampler = StepSampler(len(trainset), batch_size, seed, start, max_steps, unaugmented,
+                          per_epoch)
     workers = training.get("num_workers", 0)
     loader = torch.utils.data.DataLoader(
         trainset, batch_sampler=sampler, num_workers=workers,

@@ -85,3 +85,39 @@ class FIFO(nn.Module):
         super()._apply(fn, *args, **kwargs)
         self.items = [fn(t) for t in self.items]
         return self
+
+
+class ClassBanks(nn.Module):
+    """One first-in-first-out bank of feature rows per class, each holding at most its
+    `sizes[c]` newest rows (U2PL's memory bank of negative keys: pushing n rows into a full
+    bank drops its n oldest). Saved as extra state, like `FIFO`, and moved by `.to()`."""
+
+    def __init__(self, sizes: list[int], dim: int):
+        super().__init__()
+        if any(int(s) < 1 for s in sizes):
+            raise ValueError(f"ClassBanks sizes must be at least 1, got {sizes}")
+        self.sizes = [int(s) for s in sizes]
+        self.dim = int(dim)
+        self.banks: list[torch.Tensor] = [torch.zeros(0, self.dim) for _ in self.sizes]
+
+    def push(self, cls: int, rows: torch.Tensor) -> None:
+        """Append the (n, dim) `rows` (detached) to class `cls`'s bank, oldest rows dropped."""
+        rows = rows.detach().to(self.banks[cls])
+        self.banks[cls] = torch.cat([self.banks[cls], rows])[-self.sizes[cls]:].clone()
+
+    def __getitem__(self, cls: int) -> torch.Tensor:
+        return self.banks[cls]
+
+    def get_extra_state(self) -> dict[str, Any]:
+        return {"sizes": list(self.sizes), "dim": self.dim, "banks": list(self.banks)}
+
+    def set_extra_state(self, state: dict[str, Any]) -> None:
+        if list(state["sizes"]) != self.sizes or int(state["dim"]) != self.dim:
+            raise ValueError(f"ClassBanks of sizes {self.sizes} × {self.dim} loaded with banks "
+                             f"of {state['sizes']} × {state['dim']}")
+        self.banks = [t.clone() for t in state["banks"]]
+
+    def _apply(self, fn, *args, **kwargs):
+        super()._apply(fn, *args, **kwargs)
+        self.banks = [fn(t) for t in self.banks]
+        return self
