@@ -1,7 +1,8 @@
-"""Mean and spread over training seeds, from finished runs' evaluation files (a script, not a
+r"""Mean and spread over training seeds, from finished runs' evaluation files (a script, not a
 test).
 
     .venv/bin/python tests/benchmarks/seed_table.py DIR [DIR ...] [--split train]
+        [--stages seghead/labels/train seghead/labels/val ...] [--seed-suffix REGEX]
 
 Reads every `results/<dataset>/<variant>/cams/<split>.eval.json` (seeds) and
 `.../crf/labels/<split>.eval.json` (seeds + CRF) under the given working directories. Variants
@@ -11,6 +12,10 @@ group: the number of seeds, each seed's seeds mIoU, the mean and sample standard
 seeds mIoU and of CRF mIoU (and each seed's CRF mIoU), and below that table the seeds'
 foreground precision and recall (`fg_precision`, `fg_recall` of the seeds' evaluation: all
 object pixels as one class, at the seeds' best threshold) per seed with their means.
+`--stages` adds a table of further evaluations per group, each a path under the variant's
+folder without `.eval.json` (a single-stage method's head on train and val, a DeepLab's
+predictions: `seghead/deeplab/pred/val`). `--seed-suffix` is the regular expression of the
+seed suffix (default `_s(\d+)$`; `_s?(\d+)$` also groups `csrm_u_1` with `csrm_u`).
 """
 
 from __future__ import annotations
@@ -38,18 +43,23 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("dirs", nargs="+", type=Path)
     p.add_argument("--split", default="train")
+    p.add_argument("--stages", nargs="*", default=[])
+    p.add_argument("--seed-suffix", default=SEED.pattern)
     args = p.parse_args()
+    seed_re = re.compile(args.seed_suffix)
+    extra: dict[str, dict[int, list[float | None]]] = defaultdict(dict)
     rows: dict[str, dict[int, tuple[float, float | None]]] = defaultdict(dict)
     fg: dict[str, dict[int, tuple[float, float]]] = defaultdict(dict)
     for work in args.dirs:
         for seeds in sorted(work.glob(f"results/*/*/cams/{args.split}.eval.json")):
             variant_dir = seeds.parents[1]
-            m = SEED.search(variant_dir.name)
-            group = SEED.sub("", variant_dir.name)
+            m = seed_re.search(variant_dir.name)
+            group = seed_re.sub("", variant_dir.name)
             seed = int(m.group(1)) if m else 0
             crf = _miou(variant_dir / "crf" / "labels" / f"{args.split}.eval.json")
             rows[group][seed] = (_miou(seeds), crf)
             fg[group][seed] = _fg(seeds)
+            extra[group][seed] = [_miou(variant_dir / f"{st}.eval.json") for st in args.stages]
 
     def fmt(values: list[float]) -> str:
         if not values:
@@ -75,6 +85,13 @@ def main() -> None:
         rec = [r for _, r in per_seed]
         print(f"{group:22s} {' / '.join(f'{v:.1f}' for v in prec):24s} {fmt(prec):>15s} "
               f"{' / '.join(f'{v:.1f}' for v in rec):24s} {fmt(rec):>15s}")
+    for i, stage in enumerate(args.stages):
+        print(f"\n{'variant':22s} {stage + ' per seed':32s} {'mean ± sd':>15s}")
+        for group in sorted(extra):
+            vals = [extra[group][s][i] for s in sorted(extra[group])]
+            got = [v for v in vals if v is not None]
+            if got:
+                print(f"{group:22s} {' / '.join(f'{v:.1f}' for v in got):32s} {fmt(got):>15s}")
 
 
 if __name__ == "__main__":
