@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+
 import numpy as np
 import torch
 
@@ -65,3 +67,9 @@ class ToySet(torch.utils.data.Dataset):
             label[k] = 1
             image[:, 16 * k : 16 * k + 8, 4:12] += 2.0
         return {"image": torch.from_numpy(image), "label": torch.from_numpy(label)}
+
+
+def log_rows(path) -> list[dict[str, str]]:
+    """A training log's rows without the wall-clock column (what a resumed run must repeat)."""
+    with open(path) as fh:
+        return [{k: v for k, v in row.items() if k != "seconds"} for row in csv.DictReader(fh)]

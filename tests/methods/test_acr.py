@@ -2,11 +2,10 @@
 decoder we control, SRF and its schedule, target selection, parameter groups, init_from, a kill
 and resume, and the config checks."""
 
-import csv
 
 import pytest
 import torch
-from fakes import TRAINING, ToySet
+from fakes import TRAINING, ToySet, log_rows
 from torch import nn
 
 import wsss.methods.acr as acr_module
@@ -362,11 +361,6 @@ def _fit(out, stop_after=None):
     return method
 
 
-def _log(path):
-    with open(path) as fh:
-        return [{k: v for k, v in row.items() if k != "seconds"} for row in csv.DictReader(fh)]
-
-
 def test_resume_after_a_kill_is_bit_identical(tmp_path):
     """Both networks and both optimizers' momenta: a checkpoint without the reconstructor's
     optimizer, or targets/SRF/dropout drawn outside the checkpointed RNG, would differ."""
@@ -383,4 +377,5 @@ def test_resume_after_a_kill_is_bit_identical(tmp_path):
         assert sa.keys() == sb.keys() and len(sa) > 0
         for k in sa:
             assert torch.equal(sa[k]["momentum_buffer"], sb[k]["momentum_buffer"]), k
-    assert _log(tmp_path / "resumed" / "train_log.csv") == _log(tmp_path / "full" / "train_log.csv")
+    resumed, full = (log_rows(tmp_path / run / "train_log.csv") for run in ("resumed", "full"))
+    assert resumed == full

@@ -3,13 +3,12 @@ S2C / unsupervised targets and their schedules, U2PL's pixel contrast and its ba
 teacher, the S2C gradient path, init_from, a kill and resume, and the config checks."""
 
 import copy
-import csv
 import math
 
 import numpy as np
 import pytest
 import torch
-from fakes import BLUE, GREEN, RED, TRAINING, ToySet
+from fakes import BLUE, GREEN, RED, TRAINING, ToySet, log_rows
 
 import wsss.methods.csrm as csrm_module
 from wsss.data.transforms import normalize
@@ -475,11 +474,6 @@ def _fit(out, stop_after=None):
     return method
 
 
-def _log(path):
-    with open(path) as fh:
-        return [{k: v for k, v in row.items() if k != "seconds"} for row in csv.DictReader(fh)]
-
-
 def test_resume_after_a_kill_is_bit_identical(tmp_path):
     """Student, teacher, banks and momenta: a checkpoint without the banks, or ClassMix /
     contrast draws outside the checkpointed RNG, would differ."""
@@ -502,8 +496,8 @@ def test_resume_after_a_kill_is_bit_identical(tmp_path):
         assert sa.keys() == sb.keys() and len(sa) > 0
         for k in sa:
             assert torch.equal(sa[k]["momentum_buffer"], sb[k]["momentum_buffer"]), k
-    rows = _log(tmp_path / "full" / "train_log.csv")
-    assert _log(tmp_path / "resumed" / "train_log.csv") == rows
+    rows = log_rows(tmp_path / "full" / "train_log.csv")
+    assert log_rows(tmp_path / "resumed" / "train_log.csv") == rows
     assert {r["mixed"] for r in rows} == {"1.0"}
 
 
