@@ -26,7 +26,7 @@ import yaml
 from wsss.cli.common import dataset
 from wsss.data.transforms import center_crop, normalize, resize_long
 from wsss.methods.base import build_method, without_pretrained
-from wsss.methods.csrm import c2s_masks, normalised_cams
+from wsss.methods.csrm_targets import c2s_masks, normalised_cams
 from wsss.schema import validate_config
 
 
@@ -37,6 +37,15 @@ def _batch(ds, split: str, n: int, size: int, offset: int) -> tuple[torch.Tensor
     for j, i in enumerate(ids):
         labels[j, list(ds.image_labels(i))] = 1.0
     return torch.from_numpy(np.stack(images)), labels
+
+
+def bench_dataset(cfg: dict, workdir: str | Path):
+    """The config's dataset, the synthetic one read from <workdir>/results."""
+    d = cfg["dataset"]
+    root = (f"{workdir}/results/{d['name']}/data/voc" if d["kind"] == "synthetic"
+            else d["root"])
+    return dataset({"root": root, **{k: d[k] for k in ("splits", "mask_dir", "label_source",
+                                                        "classes")}})
 
 
 def _step_seconds(block: dict, num_classes: int, batch: dict, prob: float, repeats: int) -> float:
@@ -64,12 +73,8 @@ def main() -> None:
     torch.set_num_threads(1)
     cfg = validate_config(yaml.safe_load(Path(args.configfile).read_text()))
     block = cfg["methods"][args.variant]
-    d = cfg["dataset"]
-    root = (f"{args.workdir}/results/{d['name']}/data/voc" if d["kind"] == "synthetic"
-            else d["root"])
-    ds = dataset({"root": root, **{k: d[k] for k in ("splits", "mask_dir", "label_source",
-                                                      "classes")}})
-    split = d["train_split"]
+    ds = bench_dataset(cfg, args.workdir)
+    split = cfg["dataset"]["train_split"]
     size, n = int(block["training"]["crop_size"]), int(block["training"]["batch_size"])
     aug, labels = _batch(ds, split, n, size, 0)
     plain, labels_u = _batch(ds, split, n, size, n)

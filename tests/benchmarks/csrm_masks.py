@@ -18,11 +18,10 @@ from pathlib import Path
 import numpy as np
 import torch
 import yaml
-from bench_csrm import _batch
+from bench_csrm import _batch, bench_dataset
 
-from wsss.cli.common import dataset
 from wsss.methods.base import load_method
-from wsss.methods.csrm import IGNORE, c2s_masks, normalised_cams
+from wsss.methods.csrm_targets import IGNORE, c2s_masks, normalised_cams
 from wsss.schema import validate_config
 
 
@@ -37,9 +36,7 @@ def main() -> None:
     cfg = validate_config(yaml.safe_load(Path(args.configfile).read_text()))
     d = cfg["dataset"]
     results = Path(args.workdir) / "results" / d["name"]
-    root = str(results / "data" / "voc") if d["kind"] == "synthetic" else d["root"]
-    ds = dataset({"root": root, **{k: d[k] for k in ("splits", "mask_dir", "label_source",
-                                                      "classes")}})
+    ds = bench_dataset(cfg, args.workdir)
     print(f"{'variant':16s} {'background':>10s} {'foreground':>10s} {'unsure':>8s}")
     for variant in args.variants:
         path = results / variant / "classifier.pt"

@@ -14,17 +14,14 @@ import wsss.methods.csrm as csrm_module
 from wsss.data.transforms import normalize
 from wsss.errors import ConfigError
 from wsss.methods.base import build_method
-from wsss.methods.csrm import (
+from wsss.methods.csrm import csrm_settings, ema_decay, linear_decay, s2c_weight
+from wsss.methods.csrm_targets import (
     IGNORE,
     c2s_masks,
     class_mix,
     confident_targets,
     contrast_loss,
-    csrm_settings,
-    ema_decay,
-    linear_decay,
     restricted_probs,
-    s2c_weight,
     two_threshold_mask,
     unsup_targets,
 )
