@@ -73,3 +73,16 @@ def log_rows(path) -> list[dict[str, str]]:
     """A training log's rows without the wall-clock column (what a resumed run must repeat)."""
     with open(path) as fh:
         return [{k: v for k, v in row.items() if k != "seconds"} for row in csv.DictReader(fh)]
+
+
+def fit_method(cfg, dataset, training, out, stop_after=None, num_classes: int = 2):
+    """A method built from `cfg` under seed 123 and trained by the loop in `out` (stopped after
+    `stop_after` steps, a kill, when given): the run a kill-and-resume test repeats."""
+    from wsss.methods.base import build_method
+    from wsss.train import fit
+
+    torch.manual_seed(123)
+    method = build_method(cfg, num_classes)
+    fit(method, dataset, training, out, {"config": cfg}, torch.device("cpu"),
+        stop_after=stop_after)
+    return method

@@ -35,6 +35,8 @@ SWITCHES = {
     "csrm_losses.yaml": {"csrm.weights.s2c", "csrm.weights.u", "csrm.weights.contrast",
                          "csrm.classmix.prob"},
     "csrm_thresholds.yaml": {"csrm.c2s.fg", "csrm.s2c.sigma"},
+    "fsr_reinforcement.yaml": {"fsr.weights.fsr_cls", "fsr.weights.fsr_patch", "fsr.aggregate"},
+    "fsr_masking.yaml": {"fsr.masking.strategy", "fsr.masking.ratio"},
     "dscnet_modules.yaml": {"dscnet.components", "dscnet.infer_from"},
     "hsc_components.yaml": {"hsc.components", "hsc.crf.psc", "hsc.crf.rsc_csc"},
     # seeds.yaml: the training seed; CSRM's seeds also start from the baseline of their seed

@@ -322,3 +322,18 @@ def test_a_real_methods_cams_do_not_depend_on_their_batch_mates(method_name, one
         [(full_alone, low_alone)] = multiscale_cams(method, [image], [k], [1.0, 0.5], True)
         torch.testing.assert_close(full, full_alone, atol=1e-5, rtol=1e-4)
         torch.testing.assert_close(low, low_alone, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("fusion", ["max", "flip_sum_max"])
+def test_seg_fusion_of_a_view_and_its_mirror(fusion):
+    """The ramps' mirror, flipped back, is (c + 1)(w - 1 - x): "max" keeps the larger of the
+    two per pixel, "flip_sum_max" (ToCo / FSR) adds them, a constant (c + 1)(w - 1)."""
+    from wsss.cams import multiscale_maps
+
+    h, w = 6, 9
+    _, seg = multiscale_maps(_Fixed(_ramps, 2), [_grey(h, w)], [np.array([0, 1])], [1.0],
+                             True, fusion)
+    x = torch.arange(w, dtype=torch.float32).expand(h, w)
+    base = torch.maximum(x, w - 1 - x) if fusion == "max" else torch.full((h, w), w - 1.0)
+    expected = torch.stack([base, 2 * base]).softmax(dim=0)
+    torch.testing.assert_close(seg[0], expected)

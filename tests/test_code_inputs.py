@@ -86,6 +86,11 @@ def up_to_date(tmp_path_factory):
     ("models/deeplabv3plus.py", {("train_classifier", "variant=csrm"),
                                  ("cams", "variant=csrm, split=val")},
      {("train_classifier", "variant=acr"), ("cams", "variant=baseline, split=train")}),
+    # the ViT, loaded through the registry (in no static import graph): FSR's stages and the
+    # ViT's pretraining, not the tiny ResNet's nor the ResNet methods'
+    ("models/vit.py", {("train_classifier", "variant=fsr"), ("cams", "variant=fsr, split=val"),
+                       ("pretrain", "backbone=vit_tiny")},
+     {("pretrain", "backbone=tiny"), ("train_classifier", "variant=baseline")}),
     # DeepLab's prediction code does not retrain it
     ("deeplab/predict.py", {("deeplab_predict", "variant=baseline, refiner=psa, split=val")},
      {("deeplab_train", "variant=baseline, refiner=psa")}),

@@ -151,5 +151,21 @@ def test_the_workflow_and_a_hand_run_fill_the_same_defaults():
     for block in ({}, {"corpus": {"classes": 8}, "training": {"epochs": 3}}):
         cfg = copy.deepcopy(base)
         cfg["pretrain"] = copy.deepcopy(block)
-        assert validate_config(cfg)["pretrain"] == pretrain_config(block)
+        resolved = validate_config(cfg)["pretrain"]
+        assert resolved.pop("backbones") == {}
+        assert resolved == pretrain_config(block)
     assert pretrain_config(None) == pretrain_config({})
+
+
+def test_a_backbone_entry_changes_that_backbones_recipe_only():
+    """`backbones: {vit_tiny: {training: ...}}` is merged for vit_tiny, key by key, and the
+    other backbones train with the shared block unchanged (so their weights do not rerun)."""
+    from wsss.pretrain import for_backbone
+
+    block = {"training": {"epochs": 3, "lr": 0.05},
+             "backbones": {"vit_tiny": {"training": {"optimizer": "adamw", "lr": 0.001}}}}
+    assert for_backbone(block, "tiny") == {"training": {"epochs": 3, "lr": 0.05}}
+    assert for_backbone(block, "vit_tiny") == {
+        "training": {"epochs": 3, "lr": 0.001, "optimizer": "adamw"}}
+    assert pretrain_config(for_backbone(block, "tiny")) == pretrain_config(
+        {"training": {"epochs": 3, "lr": 0.05}})

@@ -79,14 +79,15 @@ def _planned_outputs(proc: subprocess.CompletedProcess, rule: str) -> list[str]:
 def test_dry_run_of_the_default_config(tmp_path):
     _write_config(tmp_path, yaml.safe_load((REPO / "config.yaml").read_text()))
     jobs = _planned_jobs(_snakemake(tmp_path, "-n"))
-    # six variants (baseline, seam, hsc, dscnet, acr, csrm); the learned refiners on the baseline
-    # only; CSRM's head (seghead) labels train and val, so its CAMs are extracted on val too
-    assert jobs == {"pretrain": 1, "synthetic_data": 1, "dataset_index": 1, "train_classifier": 6,
-                    "cams": 7,
-                    "evaluate_seeds": 6, "refine_crf": 6, "refiner_train_labels": 2,
-                    "refiner_train": 2, "refine_learned": 2, "refine_direct": 2,
-                    "evaluate_labels": 10,
-                    "failure_modes": 6, "failure_modes_labels": 10, "deeplab_train": 1,
+    # seven variants (baseline, seam, hsc, dscnet, acr, csrm, fsr) and two pretrained trunks
+    # (the tiny ResNet, FSR's ViT); the learned refiners on the baseline only; CSRM's and FSR's
+    # heads (seghead, fsr_seghead) label train and val, so their CAMs are extracted on val too
+    assert jobs == {"pretrain": 2, "synthetic_data": 1, "dataset_index": 1, "train_classifier": 7,
+                    "cams": 9,
+                    "evaluate_seeds": 7, "refine_crf": 7, "refiner_train_labels": 2,
+                    "refiner_train": 2, "refine_learned": 2, "refine_direct": 4,
+                    "evaluate_labels": 13,
+                    "failure_modes": 7, "failure_modes_labels": 13, "deeplab_train": 1,
                     "deeplab_predict": 2, "evaluate_deeplab": 4, "summary": 1,
                     "report_figures": 1, "all": 1}
 
@@ -223,6 +224,19 @@ def test_seghead_on_a_method_without_a_head_stops_at_start_up(tmp_path):
                          "segmentation head", "method seam")
 
 
+def test_a_vit_variant_with_a_refiner_on_the_classifiers_trunk_stops_at_start_up(tmp_path):
+    """PSA / IRN on the classifier's own trunk read a ResNet's stages; FSR's ViT has none.
+    The same refiners on a pretrained ResNet trunk (the default config's) are accepted."""
+    cfg = yaml.safe_load((REPO / "config.yaml").read_text())
+    cfg["refiners"]["psa_own"] = {**cfg["refiners"]["psa"], "trunk": {"source": "classifier"}}
+    cfg["run"]["variant_refiners"]["fsr"] = ["crf", "psa_own"]
+    _expect_config_error(tmp_path, cfg, "run.variant_refiners.fsr", "psa_own",
+                         "variant 'fsr'", "vit_tiny", "trunk source: pretrained")
+    cfg["run"]["variant_refiners"]["fsr"] = ["crf", "psa", "irn", "fsr_seghead"]
+    _write_config(tmp_path, cfg)
+    assert _snakemake(tmp_path, "-n", check=False).returncode == 0
+
+
 def test_init_from_is_a_dag_edge_and_a_bad_name_is_refused(tmp_path):
     cfg = yaml.safe_load((REPO / "config.yaml").read_text())
     cfg["methods"]["warm"] = {**json.loads(json.dumps(cfg["methods"]["dscnet"])),
@@ -273,7 +287,9 @@ def test_pretrained_synthetic_is_an_input_of_exactly_the_rules_that_start_from_i
     scratch = REPO / "workflow" / "configs" / "benchmark" / "scratch.yaml"
     # the default config, the papers' regime: every network that trains starts from the weights
     planned, users = _pretrained_users(tmp_path, main)
-    assert [p.split(", ")[0] for p in planned] == ["results/pretrained/tiny.pt"]  # once
+    # each once: the tiny ResNet, and FSR's ViT
+    assert sorted(p.split(", ")[0] for p in planned) == ["results/pretrained/tiny.pt",
+                                                         "results/pretrained/vit_tiny.pt"]
     res = "results/synthetic"
     assert users == sorted([f"{res}/{v}/classifier.pt" for v in ("baseline", "seam", "hsc",
                                                                  "dscnet", "acr", "csrm")]

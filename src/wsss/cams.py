@@ -23,7 +23,9 @@ SEAM's) and as the file attr `cam_norm` records:
 A method with a segmentation head (`seg_head` in its REGISTER) also gets its masks stored:
 `seg`, (C+1)×H×W class probabilities at image resolution from the same scales and mirrors,
 fused by the variant's `inference.seg_fusion`: "mean" (the softmax probabilities averaged over
-views, as DeepLab's inference does) or "max" (the softmax of the per-pixel maximum logit).
+views, as DeepLab's inference does), "max" (the softmax of the per-pixel maximum logit) or
+"flip_sum_max" (ToCo's and FSR's: per scale the logits of the image and its mirror summed,
+then the maximum over scales, then the softmax).
 Stores of methods without a head are exactly what they were before heads existed.
 """
 
@@ -48,7 +50,7 @@ from wsss.errors import ConfigError
 from wsss.store import CamWriter
 
 log = logging.getLogger(__name__)
-SEG_FUSIONS = ("mean", "max")
+SEG_FUSIONS = ("mean", "max", "flip_sum_max")
 DEFAULT_SEG_FUSION = "mean"  # the schema's default of inference.seg_fusion
 CAM_NORMS = ("max", "minmax")
 DEFAULT_CAM_NORM = "max"  # of a method whose REGISTER (and base's) declares no cam_norm
@@ -70,8 +72,9 @@ def multiscale_maps(
     resolution, K×⌈H/4⌉×⌈W/4⌉ stride 4, cell (y, x) covering the image pixels
     [4y, 4y + 4) × [4x, 4x + 4), as IRN's refiner reads it), ReLU'd and not yet normalised.
     With a `fusion` (methods with a segmentation head) also per image (C+1)×H×W class
-    probabilities from the same views, fused by "mean" (of the softmax probabilities) or "max"
-    (softmax of the max logit); the method's `cams_and_seg` gives both maps of a batch from
+    probabilities from the same views, fused by "mean" (of the softmax probabilities), "max"
+    (softmax of the max logit) or "flip_sum_max" (softmax of the max over scales of the
+    mirror-summed logits); the method's `cams_and_seg` gives both maps of a batch from
     one forward pass.
 
     Per scale the views are grouped by their exact size (an image and its mirror always share
@@ -142,8 +145,8 @@ def _add_seg(fused: list[torch.Tensor | None], members: list[int], logits: torch
         if fusion == "mean":
             part = up.softmax(dim=1).sum(dim=0)
             fused[i] = part if fused[i] is None else fused[i] + part
-        else:
-            part = up.amax(dim=0)
+        else:  # max over scales of the views' maximum, or of their sum (flip_sum_max)
+            part = up.sum(dim=0) if fusion == "flip_sum_max" else up.amax(dim=0)
             fused[i] = part if fused[i] is None else torch.maximum(fused[i], part)
 
 

@@ -64,11 +64,20 @@ def pretrain_config(block: dict[str, Any] | None) -> dict[str, Any]:
     full = assemble()
     schema = {"$defs": full["$defs"], **full["properties"]["pretrain"]}
     cfg = registry.merge_defaults(registry.defaults(schema), block or {})
+    cfg.pop("backbones", None)  # resolved per backbone by for_backbone
     error = best_match(Draft202012Validator(schema).iter_errors(cfg))
     if error is not None:
         where = ".".join(["pretrain", *(str(p) for p in error.absolute_path)])
         raise ConfigError(f"config key {where}: {error.message}")
     return cfg
+
+
+def for_backbone(block: dict[str, Any], backbone: str) -> dict[str, Any]:
+    """`block` for one backbone: its `backbones` table dropped, that backbone's entry merged
+    over the rest (the workflow passes a block already resolved this way)."""
+    own = (block.get("backbones") or {}).get(backbone)
+    rest = {k: v for k, v in block.items() if k != "backbones"}
+    return registry.merge_defaults(rest, own) if own else rest
 
 
 def normalize_batch(images: torch.Tensor) -> torch.Tensor:
@@ -202,7 +211,7 @@ def pretrain(backbone: str, cfg: dict[str, Any] | None, out: str | os.PathLike,
     """Generate the corpus, train `backbone` on it, write the weights file `out` (see the
     module docstring) and its side files; returns `out`. `threads`: corpus worker processes.
     `stop_after` ends training early with a checkpoint and writes nothing else (a kill)."""
-    cfg = pretrain_config(cfg)
+    cfg = pretrain_config(for_backbone(cfg or {}, backbone))
     out = Path(out)
     if not out.name.endswith(".pt"):
         raise ConfigError(f"pretrain output {out}: expected a .pt file name")

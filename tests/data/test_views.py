@@ -95,3 +95,31 @@ def test_center_crop_cuts_the_middle(shape, window):
     image = np.arange(np.prod(shape), dtype=np.float32).reshape(shape)
     top, bottom, left, right = window
     assert np.array_equal(center_crop(image, 32), image[:, top:bottom, left:right])
+
+
+def test_random_resized_crop_views_are_windows_of_the_image_resized_to_the_crop():
+    """With random_resized_crop each view is a window of the image (area share within the
+    range, aspect within 3/4..4/3) resized to crop_size: a constant-colour window stays that
+    colour, views differ, and without the key the old augmentation is unchanged."""
+
+    class Halves(Images):
+        def load_image(self, image_id):
+            img = np.zeros((40, 60, 3), np.uint8)
+            img[:, 30:] = 200  # left half black, right half grey
+            return img
+
+    ds = ClassificationSet(Halves(), ["a", "b", "c"], LABELS,
+                           {**AUG, "color_jitter": 0.0, "hflip": False, "views": 4,
+                            "random_resized_crop": [0.05, 0.1]}, seed=5)
+    views = ds[(0, 0)]["views"]
+    assert views.shape == (4, 3, 32, 32)
+    black, grey = normalize(np.zeros((1, 1, 3), np.uint8)), normalize(
+        np.full((1, 1, 3), 200, np.uint8))
+    # a window of at most a tenth of the image seldom straddles the edge; most views are flat
+    flat = [v for v in views.numpy() if v.std(axis=(1, 2)).max() < 1e-3]
+    assert flat, "no window fell inside one half"
+    for v in flat:
+        colour = v[:, 0, 0][:, None, None]
+        assert np.allclose(colour, black[:, 0:1, 0:1]) or np.allclose(colour, grey[:, 0:1, 0:1])
+    assert not torch.equal(views[0], views[1])
+    assert torch.equal(_set()[(0, 0)]["image"], _set()[(0, 0)]["image"])

@@ -5,14 +5,13 @@ and resume, and the config checks."""
 
 import pytest
 import torch
-from fakes import TRAINING, ToySet, log_rows
+from fakes import TRAINING, ToySet, fit_method, log_rows
 from torch import nn
 
 import wsss.methods.acr as acr_module
 from wsss.errors import ConfigError
 from wsss.methods.acr import hide_probability, pick_targets, srf_grid, target_cam
 from wsss.methods.base import build_method
-from wsss.train import fit
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -354,11 +353,7 @@ def test_a_crop_the_unet_cannot_take_names_the_depth():
 def _fit(out, stop_after=None):
     training = {**TRAINING, "epochs": 3, "crop_size": 32}  # 6 steps, checkpoints every 2
     cfg = _cfg(training, depth=4)  # depth 4 on 32 px: dropout at level 3 draws random numbers
-    torch.manual_seed(123)
-    method = build_method(cfg, 2)
-    fit(method, ToySet(), training, out, {"config": cfg}, torch.device("cpu"),
-        stop_after=stop_after)
-    return method
+    return fit_method(cfg, ToySet(), training, out, stop_after)
 
 
 def test_resume_after_a_kill_is_bit_identical(tmp_path):

@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from fakes import BLUE, GREEN, RED, TRAINING, ToySet, log_rows
+from fakes import BLUE, GREEN, RED, TRAINING, ToySet, fit_method, log_rows
 
 import wsss.methods.csrm as csrm_module
 from wsss.data.transforms import normalize
@@ -25,7 +25,7 @@ from wsss.methods.csrm_targets import (
     two_threshold_mask,
     unsup_targets,
 )
-from wsss.train import ClassBanks, fit
+from wsss.train import ClassBanks
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -464,11 +464,7 @@ def _fit(out, stop_after=None):
     training = {**TRAINING, "epochs": 3, "batch_size": 2, "crop_size": 32,
                 "unaugmented_batch": True}
     cfg = _cfg(training, warmup_epochs=1, classmix={"prob": 1.0})
-    torch.manual_seed(123)
-    method = build_method(cfg, 2)
-    fit(method, PairSet(), training, out, {"config": cfg}, torch.device("cpu"),
-        stop_after=stop_after)
-    return method
+    return fit_method(cfg, PairSet(), training, out, stop_after)
 
 
 def test_resume_after_a_kill_is_bit_identical(tmp_path):

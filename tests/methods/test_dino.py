@@ -43,3 +43,16 @@ def test_teacher_temperature_warms_up_linearly_then_stays():
     assert teacher_temperature(100, 100, 0.04, 0.07) == pytest.approx(0.07)
     assert teacher_temperature(5000, 100, 0.04, 0.07) == pytest.approx(0.07)
     assert teacher_temperature(0, 0, 0.04, 0.07) == pytest.approx(0.07)
+
+
+def test_the_centre_can_follow_other_rows_than_the_loss_reads():
+    """FSR's patch loss reads the masked rows, its centre moves with every teacher patch; with
+    no masked row the loss is 0 (not NaN) and the centre still moves."""
+    loss_fn = DINOLoss(2, student_temp=1.0, center_momentum=0.5)
+    every = torch.tensor([[2.0, 0.0], [0.0, 4.0]])
+    loss = loss_fn(torch.zeros(1, 2), every[:1], 1.0, center_rows=every)
+    assert loss.item() == pytest.approx(math.log(2.0))  # uniform student: log 2 whatever t
+    assert torch.allclose(loss_fn.center, 0.5 * every.mean(dim=0, keepdim=True))
+    empty = loss_fn(torch.zeros(0, 2), torch.zeros(0, 2), 1.0, center_rows=every)
+    assert empty.item() == 0.0
+    assert torch.allclose(loss_fn.center, 0.75 * every.mean(dim=0, keepdim=True))

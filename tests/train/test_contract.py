@@ -140,6 +140,10 @@ def test_cosine_and_warm_up_by_hand():
     assert lr_factor(cos, 9, 10) == pytest.approx(0.5 * (1 + math.cos(math.pi * 7 / 8)))
     poly = {"warmup": 0.25, "poly_power": 1.0}  # warm-up works with poly too
     assert [lr_factor(poly, s, 8) for s in (0, 1, 2, 5)] == [0.5, 1.0, 1.0, 0.5]
+    # FSR's warm-up from a ratio: 0.1 + 0.9 (s + 1) / 4 over 4 of 10 steps, then the cosine
+    fsr = {"schedule": "cosine", "warmup": 0.4, "warmup_start": 0.1}
+    assert [lr_factor(fsr, s, 10) for s in (0, 1, 3, 4)] == pytest.approx(
+        [0.325, 0.55, 1.0, 1.0])
     with pytest.raises(ConfigError):
         lr_factor({"schedule": "step"}, 0, 10)
 

@@ -117,6 +117,13 @@ def _check_config():
                     config_error(f"{key}: refiner '{r}' (kind {refiner_kind(r).name}) needs a "
                                  f"method with a segmentation head; variant '{variant}' "
                                  f"(method {method.name}) has none")
+            if refiner_reads_classifier_stages(r) and not backbone_has_stages(variant):
+                name = config["methods"][variant]["backbone"]["name"]
+                config_error(f"{key}: refiner '{r}' (kind {refiner_kind(r).name}) reads the "
+                             f"classifier's multi-level trunk (trunk.source: classifier), but "
+                             f"variant '{variant}' has the ViT backbone '{name}', whose tokens "
+                             f"come at one stride; give refiners.{r}.trunk source: pretrained "
+                             f"(a ResNet), or use crf / seghead with this variant")
     selection = config["evaluation"]["selection_split"]
     if selection not in splits:
         config_error(f"evaluation.selection_split: '{selection}' is not a key of dataset.splits "
@@ -164,6 +171,51 @@ def pretrained_inputs(block) -> list[str]:
     return sorted(set(found))
 
 
+def backbone_modules(block) -> list[str]:
+    """The modules of the backbones a config block names (at any depth): a backbone module
+    loaded through the registry (the ViT's) is not in the stage's static import graph."""
+    found = []
+    if isinstance(block, dict):
+        if isinstance(block.get("backbone"), dict) and "name" in block["backbone"]:
+            found.append(registry.component("backbone", block["backbone"]["name"]).module)
+        for value in block.values():
+            found += backbone_modules(value)
+    elif isinstance(block, list):
+        for value in block:
+            found += backbone_modules(value)
+    return sorted(set(found))
+
+
+def refiner_reads_classifier_stages(refiner: str) -> bool:
+    """Whether a learned refiner builds its network on the classifier's own trunk (PSA's and
+    IRN's `trunk.source: classifier`, their default), reading its stages."""
+    if not refiner_kind(refiner).get("learned"):
+        return False
+    trunk = config["refiners"][refiner].get("trunk") or {}
+    return trunk.get("source", "classifier") == "classifier"
+
+
+def backbone_family(name: str) -> str:
+    """A backbone's registry family: "resnet" (the default) or "vit"."""
+    return registry.component("backbone", name).get("family", "resnet")
+
+
+def backbone_has_stages(variant: str) -> bool:
+    """Whether a variant's backbone is a multi-stage (ResNet) trunk; a ViT (registry family
+    vit) gives its tokens at one stride only, which PSA's and IRN's heads cannot read."""
+    block = config["methods"][variant].get("backbone") or {}
+    return "name" not in block or backbone_family(block["name"]) != "vit"
+
+
+def pretrain_block(backbone: str) -> dict:
+    """The pretrain block one backbone trains with: `pretrain` without its `backbones` table,
+    that backbone's entry of the table merged over it (so the block, and with it the rerun
+    decision, is exactly the shared one for a backbone without an entry)."""
+    block = {k: v for k, v in config["pretrain"].items() if k != "backbones"}
+    own = config["pretrain"].get("backbones", {}).get(backbone)
+    return registry.merge_defaults(block, own) if own else block
+
+
 def refiner_pretrained(wildcards) -> list[str]:
     """A learned refiner's pretrain-stage weights: those of its trunk, when it is pretrained."""
     trunk = config["refiners"][wildcards.refiner].get("trunk") or {}
@@ -193,6 +245,7 @@ def method_code(command: str):
 
     def inputs(wildcards):
         mods = [c.module for c in method_components(wildcards.variant)]
+        mods += backbone_modules(config["methods"][wildcards.variant])
         return code(f"wsss.cli.{command}", *mods)
 
     return inputs

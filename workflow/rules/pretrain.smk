@@ -14,13 +14,17 @@ rule pretrain:
         summary=f"{PRETRAINED}/{{backbone}}.json",
         curve=f"{PRETRAINED}/{{backbone}}.curve.csv",
     input:
-        code=code("wsss.cli.pretrain"),
+        code=lambda w: code("wsss.cli.pretrain", registry.component("backbone", w.backbone).module),
     params:
-        block=as_json(config["pretrain"]),
+        block=lambda w: as_json(pretrain_block(w.backbone)),
         device=config["device"],
     wildcard_constraints:
         backbone=one_of(registry.names("backbone")),
-    threads: CPU_THREADS
+    # a ViT learns the corpus slowly (README, "FSR on the benchmark"): one thread, so it runs
+    # beside the one-thread trainings of the other methods, and after the ResNet every other
+    # network waits for
+    threads: lambda w: 1 if backbone_family(w.backbone) == "vit" else CPU_THREADS
+    priority: lambda w: 0 if backbone_family(w.backbone) == "vit" else 1
     resources:
         gpu=1,
         mem_mb=4000,

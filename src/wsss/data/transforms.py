@@ -140,6 +140,8 @@ class ClassificationSet(_TrainingImages):
 
     def _augment(self, image_id: str, rng: np.random.Generator) -> np.ndarray:
         image = self._image(image_id)
+        if self.aug.get("random_resized_crop"):
+            return self._resized_crop(image, rng)
         lo, hi = self.aug["resize_long"]
         image = resize_long(image, int(rng.integers(lo, hi + 1)))
         if self.aug["hflip"] and rng.random() < 0.5:
@@ -147,6 +149,29 @@ class ClassificationSet(_TrainingImages):
         if self.aug["color_jitter"] > 0:
             image = color_jitter(image, self.aug["color_jitter"], rng)
         return random_crop(normalize(image), self.aug["crop_size"], rng)
+
+    def _resized_crop(self, image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """torchvision's RandomResizedCrop (area share in `random_resized_crop`, aspect ratio
+        log-uniform in [3/4, 4/3], ten tries, then the whole image), bicubic to crop_size,
+        then the flip and the colour jitter (FSR's and DINO's views)."""
+        h, w = image.shape[:2]
+        lo, hi = self.aug["random_resized_crop"]
+        box = (0, 0, w, h)
+        for _ in range(10):
+            area = h * w * rng.uniform(lo, hi)
+            ratio = math.exp(rng.uniform(math.log(3 / 4), math.log(4 / 3)))
+            cw, ch = round(math.sqrt(area * ratio)), round(math.sqrt(area / ratio))
+            if 0 < cw <= w and 0 < ch <= h:
+                top, left = int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1))
+                box = (left, top, left + cw, top + ch)
+                break
+        size = self.aug["crop_size"]
+        image = np.asarray(Image.fromarray(image).resize((size, size), Image.BICUBIC, box=box))
+        if self.aug["hflip"] and rng.random() < 0.5:
+            image = image[:, ::-1]
+        if self.aug["color_jitter"] > 0:
+            image = color_jitter(image, self.aug["color_jitter"], rng)
+        return normalize(image)
 
     def _label(self, image_id: str) -> torch.Tensor:
         label = np.zeros(self.num_classes, dtype=np.float32)

@@ -30,15 +30,17 @@ class DINOLoss(nn.Module):
         self.center_momentum = float(center_momentum)
         self.register_buffer("center", torch.zeros(1, dim))
 
-    def forward(self, student: torch.Tensor, teacher: torch.Tensor,
-                teacher_temp: float) -> torch.Tensor:
+    def forward(self, student: torch.Tensor, teacher: torch.Tensor, teacher_temp: float,
+                center_rows: torch.Tensor | None = None) -> torch.Tensor:
         """Mean cross-entropy of (N, dim) `student` rows against the centred, sharpened
-        `teacher` rows; updates the centre with this batch's teacher rows afterwards."""
+        `teacher` rows; updates the centre afterwards with this batch's teacher rows, or with
+        `center_rows` (FSR's patch centre follows every teacher patch of the view, while the
+        loss reads the masked ones only). No rows: 0 (and the centre still moves)."""
         teacher = teacher.detach().float()
         target = F.softmax((teacher - self.center) / teacher_temp, dim=-1)
         loss = -(target * F.log_softmax(student.float() / self.student_temp, dim=-1)).sum(-1)
-        self.update_center(teacher)
-        return loss.mean()
+        self.update_center(teacher if center_rows is None else center_rows.detach().float())
+        return loss.mean() if len(loss) else loss.sum()
 
     @torch.no_grad()
     def update_center(self, teacher: torch.Tensor) -> None:

@@ -17,6 +17,7 @@ from torch import nn
 from torchvision.models import ResNet50_Weights, ResNet101_Weights, resnet50, resnet101
 from torchvision.models.resnet import BasicBlock, ResNet
 
+from wsss import registry
 from wsss.errors import BackboneError
 from wsss.paths import SYNTHETIC, pretrained_path
 
@@ -164,7 +165,14 @@ def _tiny(output_stride: int = 8, pretrained: str = "none", width: int = 32) -> 
 
 def build_backbone(name: str, output_stride: int, pretrained: str = "none") -> Backbone:
     if name not in BACKBONES:
-        raise BackboneError(f"unknown backbone '{name}'; choose one of {sorted(BACKBONES)}")
+        # a builder in another module (the ViTs, wsss.models.vit) registers when imported
+        declared = registry.components("backbone")
+        if name not in declared:
+            raise BackboneError(f"unknown backbone '{name}'; choose one of {list(declared)}")
+        registry.load(declared[name])
+        if name not in BACKBONES:
+            raise BackboneError(f"{declared[name].path} declares backbone '{name}' but "
+                                "registers no builder")
     return BACKBONES[name](output_stride=output_stride, pretrained=pretrained)
 
 

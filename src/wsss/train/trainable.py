@@ -4,7 +4,8 @@ Optimizers come from the training block: `optimizer: sgd` (the default: momentum
 optional Nesterov) or `adamw` (`betas`, `weight_decay`). Each param group's `initial_lr` is
 `lr` × its `lr_mult`; the schedule multiplies it by a factor per step: `schedule: poly`
 (the default, (1 − t)^poly_power) or `cosine` (½(1 + cos πt)), after an optional linear warm-up
-over the first `warmup` fraction of the steps, t running from 0 to 1 over the steps after it.
+over the first `warmup` fraction of the steps (from the factor `warmup_start`, 0 by
+default), t running from 0 to 1 over the steps after it.
 `grad_clip` (null by default) caps the global gradient norm in `Trainable.optimize`.
 
 A param group may carry its own `weight_decay` (the optimizer's per-group setting), which
@@ -33,6 +34,7 @@ TRAINING_DEFAULTS: dict[str, Any] = {
     "betas": [0.9, 0.999],
     "schedule": "poly",
     "warmup": 0.0,
+    "warmup_start": 0.0,
     "grad_clip": None,
     "unaugmented_batch": False,
 }
@@ -180,8 +182,9 @@ def lr_factor(training: dict[str, Any], step: int, max_steps: int) -> float:
     if schedule not in SCHEDULES:
         raise ConfigError(f"training.schedule '{schedule}': expected one of {SCHEDULES}")
     warm = round(_opt(training, "warmup") * max_steps)
-    if step < warm:  # linear ramp, reaching the full rate at the last warm-up step
-        return (step + 1) / warm
+    if step < warm:  # linear ramp from warmup_start, reaching the full rate at its last step
+        start = float(_opt(training, "warmup_start"))
+        return start + (1.0 - start) * (step + 1) / warm
     t = (step - warm) / (max_steps - warm)  # with no warm-up exactly step / max_steps
     if schedule == "poly":
         return (1.0 - t) ** training["poly_power"]
