@@ -20,7 +20,8 @@ Each step takes two augmented views of each image (`training.views: 2`):
  2. View 2 is masked in blocks of `masking.block` x `masking.block` tokens, `masking.ratio`
     of the blocks: at random until `masking.random_until` of the run, then preferring the
     blocks whose label-restricted auxiliary CAM is uncertain (strictly between
-    `masking.low` and `masking.high`, Eq. 3-4); a learned mask token replaces them.
+    `masking.low` and `masking.high`, Eq. 3-4; the reference hard-codes 0.2 / 0.7 there, not
+    its --low_thre 0.25); a learned mask token replaces them.
  3. The student sees both views (view 2 masked), the teacher both unmasked.
 Losses (`weights`; Eq. 10 plus ToCo's terms):
   cls, aux    multilabel soft margin of the top and auxiliary classifiers on view 1;
