@@ -270,8 +270,9 @@ class FSR(BackboneMethod):
     # -- pieces -----------------------------------------------------------------------------
     def _raw_cams(self, net: nn.ModuleDict, images: torch.Tensor
                   ) -> tuple[torch.Tensor, torch.Tensor]:
-        out = net["backbone"].encode(images, aggregate=self.fsr["aggregate"])
-        return net["classifier"](out.tokens), net["aux_classifier"](out.aux)
+        # the token maps only: the class token's aggregation is not needed for CAMs
+        aux, tokens = net["backbone"].forward_stages(images)
+        return net["classifier"](tokens), net["aux_classifier"](aux)
 
     @torch.no_grad()
     def _training_cams(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
