@@ -23,10 +23,16 @@ resource_scopes:
 include: "workflow/rules/common.smk"
 
 
+# dataset.shards: each per-image stage as that many jobs over disjoint id ranges (common.smk)
+scattergather:
+    shards=SHARDS,
+
+
 wildcard_constraints:
     variant=one_of(config["methods"]),
     split=one_of(config["dataset"]["splits"]),
     refiner=one_of(config["refiners"]),
+    scatteritem=r"\d+-of-\d+",
 
 
 include: "workflow/rules/data.smk"
@@ -37,6 +43,7 @@ include: "workflow/rules/refine.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/deeplab.smk"
 include: "workflow/rules/report.smk"
+include: "workflow/rules/shards.smk"
 
 
 rule all:

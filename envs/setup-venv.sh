@@ -41,5 +41,5 @@ fi
 # (re)install the package itself: cheap, and keeps entry points in step with pyproject.toml
 .venv/bin/python -m pip install --quiet --no-deps --no-build-isolation --disable-pip-version-check -e . \
     >/dev/null
-.venv/bin/python -c 'import torch, torchvision, pydensecrf.densecrf, h5py, snakemake, wsss' \
+.venv/bin/python -c 'import torch, torchvision, pydensecrf.densecrf, pycocotools.mask, h5py, snakemake, wsss' \
     || { echo "[setup] environment check failed" >&2; exit 1; }

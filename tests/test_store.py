@@ -17,6 +17,7 @@ from wsss.store import (
     LabelReader,
     LabelWriter,
     StoreError,
+    combine_stores,
     write_json,
 )
 
@@ -110,3 +111,109 @@ def test_label_map_survives_pickling(tmp_path):
     np.testing.assert_array_equal(copy["a"], labels["a"])
     labels.close()
     copy.close()
+
+
+# --- combined views over shards ------------------------------------------------------------
+
+
+def _cam_shards(folder, ids_per_shard, config=None):
+    """CAM stores of one split cut into shards; returns (paths, {id: (cam, keys, seg)})."""
+    rng = np.random.default_rng(1)
+    arrays, paths = {}, []
+    for n, ids in enumerate(ids_per_shard, start=1):
+        path = folder / f"{n}-of-{len(ids_per_shard)}.h5"
+        with CamWriter(path, {"classes": ["a", "b"], "config": config or {"x": 1}}) as w:
+            for image_id in ids:
+                h, w_ = rng.integers(3, 9, size=2)
+                cam = rng.random((1, h, w_)).astype(np.float16)
+                seg = rng.random((3, h, w_)).astype(np.float16)
+                w.add(image_id, cam, [int(rng.integers(2))], cam_lowres=cam[:, ::2, ::2],
+                      seg=seg)
+                arrays[image_id] = (cam, seg)
+        paths.append(path)
+    return paths, arrays
+
+
+def test_a_combined_view_reads_every_id_from_its_shard(tmp_path):
+    ids = [["i0", "i1", "i2"], [], ["i3", "i4"], ["i5"]]  # an empty shard (n > ids) is valid
+    paths, arrays = _cam_shards(tmp_path / "train.shards", ids)
+    out = tmp_path / "train.h5"
+    assert combine_stores(out, paths, "cams", [f"i{k}" for k in range(6)]) == 6
+    with CamReader(out) as r:
+        assert r.ids == [f"i{k}" for k in range(6)] and r.classes == ["a", "b"]
+        assert r.attr("config") == {"x": 1}
+        for image_id, (cam, seg) in arrays.items():
+            got, _ = r.get(image_id)
+            assert got.tobytes() == cam.astype(np.float32).tobytes()
+            assert r.get_seg(image_id).tobytes() == seg.astype(np.float32).tobytes()
+            assert r.has_seg(image_id)
+        with pytest.raises(StoreError, match="'nope' is missing"):
+            r.get("nope")
+    # the view holds no arrays: it stays small however large the shards are
+    assert out.stat().st_size < sum(p.stat().st_size for p in paths) / 2
+    # plain h5py follows the external links, from another working directory too
+    cwd = os.getcwd()
+    try:
+        os.chdir("/")
+        with h5py.File(out, "r") as f:
+            assert f["i4"]["cam"][()].tobytes() == arrays["i4"][0].tobytes()
+    finally:
+        os.chdir(cwd)
+
+
+def test_a_combined_view_moves_with_its_folder(tmp_path):
+    paths, arrays = _cam_shards(tmp_path / "a" / "train.shards", [["x"], ["y"]])
+    combine_stores(tmp_path / "a" / "train.h5", paths, "cams")
+    (tmp_path / "a").rename(tmp_path / "b")
+    with CamReader(tmp_path / "b" / "train.h5") as r:
+        assert r.get("y")[0].tobytes() == arrays["y"][0].astype(np.float32).tobytes()
+
+
+def test_label_views_and_the_shape_of_a_label(tmp_path):
+    labels = {"p": np.array([[0, 1, 255]], np.uint8), "q": np.array([[2], [0]], np.uint8)}
+    parts = []
+    for k, (image_id, lab) in enumerate(labels.items()):
+        parts.append(tmp_path / f"{k}.h5")
+        with LabelWriter(parts[-1], {"classes": ["a", "b"], "refiner": {"r": 1}}) as w:
+            w.add(image_id, lab)
+    combine_stores(tmp_path / "labels.h5", parts, "labels", ["p", "q"])
+    with LabelReader(tmp_path / "labels.h5") as r:
+        assert r.get("q").tobytes() == labels["q"].tobytes() and r.shape("q") == (2, 1)
+        assert r.attr("refiner") == {"r": 1}
+    lazy = pickle.loads(pickle.dumps(LabelMap(tmp_path / "labels.h5", ["p", "q"])))
+    assert (lazy["p"] == labels["p"]).all()
+    lazy.close()
+
+
+def test_combining_refuses_shards_that_do_not_form_one_store(tmp_path):
+    paths, _ = _cam_shards(tmp_path / "s", [["a"], ["b"]])
+    other, _ = _cam_shards(tmp_path / "o", [["c"]], config={"x": 2})
+    twice, _ = _cam_shards(tmp_path / "t", [["a"]])
+    out = tmp_path / "out.h5"
+    with pytest.raises(StoreError, match=r"attrs \['config'\] differ"):
+        combine_stores(out, [*paths, *other], "cams")
+    with pytest.raises(StoreError, match="'a' is in more than one shard"):
+        combine_stores(out, [*paths, *twice], "cams")
+    with pytest.raises(StoreError, match="'z' is in no shard"):
+        combine_stores(out, paths, "cams", ["a", "b", "z"])
+    with pytest.raises(StoreError, match="out of split order"):
+        combine_stores(out, paths[::-1], "cams", ["a", "b"])
+    with pytest.raises(StoreError, match="expected a 'labels' store"):
+        combine_stores(out, paths, "labels")
+    assert not out.exists()  # nothing half-written
+    combine_stores(out, paths, "cams")
+    with pytest.raises(StoreError, match="itself a combined view"):
+        combine_stores(tmp_path / "again.h5", [out], "cams")
+
+
+def test_a_view_over_many_shards_keeps_a_bounded_number_open(tmp_path, monkeypatch):
+    import wsss.store as store
+
+    monkeypatch.setattr(store, "_OPEN_PARTS", 3)
+    paths, arrays = _cam_shards(tmp_path / "s", [[f"i{k}"] for k in range(8)])
+    combine_stores(tmp_path / "v.h5", paths, "cams")
+    with CamReader(tmp_path / "v.h5") as r:
+        for _ in range(2):
+            for image_id, (cam, _seg) in arrays.items():
+                assert r.get(image_id)[0].tobytes() == cam.astype(np.float32).tobytes()
+                assert len(r._open) <= 3

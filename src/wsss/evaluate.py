@@ -29,34 +29,15 @@ def _float_or_none(x: float) -> float | None:
     return None if np.isnan(x) else float(x)
 
 
-def evaluate_seeds(
-    cam_path: str | os.PathLike,
-    ds: VocDataset,
-    split: str,
-    thresholds: np.ndarray,
-    default_threshold: float,
-    threads: int = 1,
-) -> dict[str, Any]:
-    """Score argmax([t, CAMs]) seeds against ground truth for every background threshold t.
-
-    Reports the threshold with the best mIoU and the scores there (miou, iou, precision,
-    recall, fg_precision, fg_recall, pixel_accuracy at the top level), the mIoU at
-    `default_threshold` (miou_at_default) and the whole curve {"threshold": [...],
-    "miou": [...]}. Each CAM is read once; all thresholds are scored in one pass per image
-    (metrics.seed_confusions).
-    """
-    thresholds = np.asarray(thresholds, dtype=np.float64).reshape(-1)
-    if thresholds.size == 0:
-        raise ValueError("evaluate_seeds needs at least one threshold")
+def seed_confusion(cam_path: str | os.PathLike, ds: VocDataset, split: str,
+                   sweep: np.ndarray, threads: int = 1) -> tuple[np.ndarray, int]:
+    """Confusions of argmax([t, CAMs]) seeds for every t of `sweep`, summed over the split's
+    ids (one shard's, for a sharded dataset), and the number of images. Each CAM is read once;
+    all thresholds are scored in one pass per image (metrics.seed_confusions)."""
     ids = ds.ids(split)
-    if not ids:
-        raise ValueError(f"split '{split}' has no images")
     ds.eval_fallbacks(ids, split)
     num_classes = ds.num_classes
-    # The default threshold rides along as one extra sweep point.
-    sweep = np.append(thresholds, float(default_threshold))
     total = np.zeros((sweep.size, num_classes + 1, num_classes + 1), dtype=np.int64)
-
     with CamReader(cam_path) as reader:
         reader.check(ids, list(ds.classes))
 
@@ -79,20 +60,37 @@ def evaluate_seeds(
 
         for conf in thread_map(one, items(), threads):
             total += conf
+    return total, len(ids)
 
+
+def seed_sweep(thresholds: np.ndarray, default_threshold: float) -> np.ndarray:
+    """The thresholds scored: the sweep, then the default threshold as one extra point."""
+    thresholds = np.asarray(thresholds, dtype=np.float64).reshape(-1)
+    if thresholds.size == 0:
+        raise ValueError("evaluate_seeds needs at least one threshold")
+    return np.append(thresholds, float(default_threshold))
+
+
+def seeds_result(total: np.ndarray, sweep: np.ndarray, ds: VocDataset, split: str,
+                 num_images: int, cam_path: str | os.PathLike) -> dict[str, Any]:
+    """The seed evaluation from the summed confusions of `seed_confusion` (over one or many
+    shards: integer sums, so the result does not depend on how the split was cut)."""
+    if num_images == 0:
+        raise ValueError(f"split '{split}' has no images")
+    thresholds = sweep[:-1]
     curve = np.asarray(mean_iou(total[:-1]), dtype=np.float64)
     if np.isnan(curve).all():
         raise ValueError(f"split '{split}': ground truth has no labelled pixels")
     best = int(np.nanargmax(curve))
     return {
         "split": split,
-        "num_images": len(ids),
+        "num_images": int(num_images),
         "cam_file": str(cam_path),
         "best_threshold": float(thresholds[best]),
         # scores at the best threshold sit at the top level, as in evaluate_labels, so that
         # summaries read every stage the same way
         **scores(total[best], _label_names(ds)),
-        "default_threshold": float(default_threshold),
+        "default_threshold": float(sweep[-1]),
         "miou_at_default": _float_or_none(mean_iou(total[-1])),
         "curve": {
             "threshold": [float(t) for t in thresholds],
@@ -101,17 +99,33 @@ def evaluate_seeds(
     }
 
 
-def evaluate_labels(
-    label_path: str | os.PathLike, ds: VocDataset, split: str, threads: int = 1
+def evaluate_seeds(
+    cam_path: str | os.PathLike,
+    ds: VocDataset,
+    split: str,
+    thresholds: np.ndarray,
+    default_threshold: float,
+    threads: int = 1,
 ) -> dict[str, Any]:
-    """Score a pseudo-label file against ground truth over a split.
+    """Score argmax([t, CAMs]) seeds against ground truth for every background threshold t.
 
-    Pseudo-label pixels marked 255 (an ignore band) count as background predictions;
-    `ignored_fraction` reports how many of the scored pixels they were.
+    Reports the threshold with the best mIoU and the scores there (miou, iou, precision,
+    recall, fg_precision, fg_recall, pixel_accuracy at the top level), the mIoU at
+    `default_threshold` (miou_at_default) and the whole curve {"threshold": [...],
+    "miou": [...]}.
     """
-    ids = ds.ids(split)
-    if not ids:
+    sweep = seed_sweep(thresholds, default_threshold)
+    if not ds.ids(split):
         raise ValueError(f"split '{split}' has no images")
+    total, n = seed_confusion(cam_path, ds, split, sweep, threads)
+    return seeds_result(total, sweep, ds, split, n, cam_path)
+
+
+def label_confusion(label_path: str | os.PathLike, ds: VocDataset, split: str,
+                    threads: int = 1) -> tuple[np.ndarray, int, int]:
+    """(confusion summed over the split's ids (one shard's, when sharded), labelled pixels
+    the labels marked 255, number of images)."""
+    ids = ds.ids(split)
     ds.eval_fallbacks(ids, split)
     n = ds.num_classes + 1
     total = np.zeros((n, n), dtype=np.int64)
@@ -137,15 +151,36 @@ def evaluate_labels(
         for conf, skipped in thread_map(one, items(), threads):
             total += conf
             ignored += skipped
+    return total, ignored, len(ids)
 
+
+def labels_result(total: np.ndarray, ignored: int, ds: VocDataset, split: str,
+                  num_images: int, label_path: str | os.PathLike) -> dict[str, Any]:
+    """The label evaluation from summed confusions (see seeds_result)."""
+    if num_images == 0:
+        raise ValueError(f"split '{split}' has no images")
     labelled = int(total.sum())
     return {
         "split": split,
-        "num_images": len(ids),
+        "num_images": int(num_images),
         "label_file": str(label_path),
         **scores(total, _label_names(ds)),
         "ignored_fraction": ignored / labelled if labelled else None,
     }
+
+
+def evaluate_labels(
+    label_path: str | os.PathLike, ds: VocDataset, split: str, threads: int = 1
+) -> dict[str, Any]:
+    """Score a pseudo-label file against ground truth over a split.
+
+    Pseudo-label pixels marked 255 (an ignore band) count as background predictions;
+    `ignored_fraction` reports how many of the scored pixels they were.
+    """
+    if not ds.ids(split):
+        raise ValueError(f"split '{split}' has no images")
+    total, ignored, n = label_confusion(label_path, ds, split, threads)
+    return labels_result(total, ignored, ds, split, n, label_path)
 
 
 def threshold_grid(evaluation: dict[str, Any]) -> np.ndarray:

@@ -12,6 +12,7 @@ import json
 import os
 import platform
 import tempfile
+from collections import OrderedDict
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ import numpy as np
 os.environ.setdefault("HDF5_USE_FILE_LOCKING", "FALSE")
 
 FORMAT_VERSION = 1
+_OPEN_PARTS = 64  # shard files a combined view keeps open at once
 
 
 class StoreError(Exception):
@@ -154,6 +156,9 @@ class LabelWriter(_Writer):
 
 
 class _Reader:
+    """A store, or a combined view over per-shard stores (`combine_stores`) read the same way:
+    each id's arrays come from the shard file that holds it, opened on first use."""
+
     kind = ""
 
     def __init__(self, path: str | os.PathLike):
@@ -161,9 +166,38 @@ class _Reader:
         self.file = _open_read(self.path, self.kind)
         self.ids: list[str] = _attr_json(self.file, "ids", [])
         self.classes: list[str] = _attr_json(self.file, "classes", [])
+        self._known = set(self.ids)
+        parts = _attr_json(self.file, "shards")
+        self._parts: list[Path] = [self.path.parent / p for p in parts] if parts else []
+        self._where: dict[str, int] = {}
+        if self._parts:
+            sizes = _attr_json(self.file, "shard_sizes")
+            owner = np.repeat(np.arange(len(sizes)), sizes)
+            self._where = dict(zip(self.ids, owner.tolist(), strict=True))
+        self._open: OrderedDict[int, h5py.File] = OrderedDict()
 
     def attr(self, key: str, default: Any = None) -> Any:
         return _attr_json(self.file, key, default)
+
+    def _part(self, k: int) -> h5py.File:
+        f = self._open.get(k)
+        if f is None:
+            if len(self._open) >= _OPEN_PARTS:  # bounded: a view may have thousands of shards
+                self._open.popitem(last=False)[1].close()
+            f = self._open[k] = _open_read(self._parts[k], self.kind)
+        self._open.move_to_end(k)
+        return f
+
+    def _node(self, image_id: str) -> Any:
+        """The id's group (CAMs) or dataset (labels), from the file that holds it."""
+        if self._parts:
+            k = self._where.get(image_id)
+            f = None if k is None else self._part(k)
+        else:
+            f = self.file
+        if f is None or image_id not in f:
+            raise StoreError(f"{self.path}: image id '{image_id}' is missing")
+        return f[image_id]
 
     def check(self, ids: Sequence[str], classes: Sequence[str] | None = None) -> None:
         """Fail with the file and the first mismatching id if this store cannot serve `ids`."""
@@ -172,12 +206,14 @@ class _Reader:
                 f"{self.path}: class list {self.classes} does not match "
                 f"the dataset's {list(classes)}"
             )
-        have = set(self.ids)
         for image_id in ids:
-            if image_id not in have:
+            if image_id not in self._known:
                 raise StoreError(f"{self.path}: image id '{image_id}' is missing")
 
     def close(self) -> None:
+        for f in self._open.values():
+            f.close()
+        self._open.clear()
         self.file.close()
 
     def __enter__(self):
@@ -188,26 +224,83 @@ class _Reader:
         return False
 
 
+# attrs of a shard that are its own, not the store's: everything else must agree across shards
+_PER_SHARD = ("ids", "versions", "shard")
+
+
+def combine_stores(out: str | os.PathLike, parts: Sequence[str | os.PathLike], kind: str,
+                   ids: Sequence[str] | None = None) -> int:
+    """One store over per-shard stores of the same stage, without copying their arrays.
+
+    The combined file holds the shards' common attrs, `ids` (the shards' ids in order),
+    `shards` (their file names relative to `out`'s folder) and `shard_sizes`; every reader of
+    this module reads it as it reads a single store. For other HDF5 tools each id is also an
+    external link to its group or dataset in the shard (h5py: f[id]["cam"] works). With `ids`
+    (the split's), the shards must cover exactly those ids, in that order. Returns the count.
+    """
+    out = Path(out)
+    names: list[str] = []
+    sizes: list[int] = []
+    combined: list[str] = []
+    common: dict[str, Any] | None = None
+    first = None
+    for part in map(Path, parts):
+        with _open_read(part, kind) as f:
+            attrs = {k: f.attrs[k] for k in f.attrs if k not in _PER_SHARD}
+            part_ids = _attr_json(f, "ids", [])
+            if _attr_json(f, "shards"):
+                raise StoreError(f"{part}: is itself a combined view, not a shard")
+        if common is None:
+            common, first = attrs, part
+        elif attrs.keys() != common.keys() or any(
+                not np.array_equal(attrs[k], common[k]) for k in attrs):
+            differ = sorted(k for k in attrs.keys() | common.keys()
+                            if k not in attrs or k not in common
+                            or not np.array_equal(attrs[k], common[k]))
+            raise StoreError(f"{part}: attrs {differ} differ from those of {first}; the "
+                             "shards of one store must come from the same config")
+        names.append(os.path.relpath(part, out.parent))
+        sizes.append(len(part_ids))
+        combined += part_ids
+    if common is None:
+        raise StoreError(f"{out}: no shards to combine")
+    if len(set(combined)) != len(combined):
+        seen: set[str] = set()
+        twice = next(i for i in combined if i in seen or seen.add(i))
+        raise StoreError(f"{out}: image id '{twice}' is in more than one shard")
+    if ids is not None and list(ids) != combined:
+        missing = next((i for i in ids if i not in set(combined)), None)
+        what = f"image id '{missing}' is in no shard" if missing else "ids out of split order"
+        raise StoreError(f"{out}: the shards do not cover the split: {what}")
+    with atomic_path(out, suffix=".h5") as tmp, h5py.File(tmp, "w", locking=False) as f:
+        for key, value in common.items():
+            f.attrs[key] = value
+        f.attrs["versions"] = json.dumps(versions())
+        f.attrs["ids"] = json.dumps(combined)
+        f.attrs["shards"] = json.dumps(names)
+        f.attrs["shard_sizes"] = json.dumps(sizes)
+        for name, size, start in zip(names, sizes, np.cumsum([0, *sizes[:-1]]), strict=True):
+            for image_id in combined[start:start + size]:
+                f[image_id] = h5py.ExternalLink(name, image_id)
+    return len(combined)
+
+
 class CamReader(_Reader):
     kind = "cams"
 
     def get(self, image_id: str, lowres: bool = False) -> tuple[np.ndarray, np.ndarray]:
         """Return (cams float32 K×H×W, keys int64 K) of one image."""
-        if image_id not in self.file:
-            raise StoreError(f"{self.path}: image id '{image_id}' is missing")
-        g = self.file[image_id]
+        g = self._node(image_id)
         cam = g["cam_lowres" if lowres else "cam"][()].astype(np.float32)
         return cam, g["keys"][()]
 
     def has_seg(self, image_id: str) -> bool:
         """Whether the image has `seg` predictions (CAMs of a method with a segmentation head)."""
-        return image_id in self.file and "seg" in self.file[image_id]
+        return image_id in self._known and "seg" in self._node(image_id)
 
     def get_seg(self, image_id: str) -> np.ndarray:
         """(C+1)×H×W float32 class probabilities of one image (background plane first)."""
-        if image_id not in self.file:
-            raise StoreError(f"{self.path}: image id '{image_id}' is missing")
-        g = self.file[image_id]
+        g = self._node(image_id)
         if "seg" not in g:
             raise StoreError(f"{self.path}: image id '{image_id}' has no 'seg' predictions "
                              f"(method '{self.attr('method')}' has no segmentation head)")
@@ -218,9 +311,11 @@ class LabelReader(_Reader):
     kind = "labels"
 
     def get(self, image_id: str) -> np.ndarray:
-        if image_id not in self.file:
-            raise StoreError(f"{self.path}: image id '{image_id}' is missing")
-        return self.file[image_id][()]
+        return self._node(image_id)[()]
+
+    def shape(self, image_id: str) -> tuple[int, int]:
+        """(H, W) of one label without reading it."""
+        return tuple(self._node(image_id).shape)
 
 
 class LabelMap(Mapping[str, np.ndarray]):

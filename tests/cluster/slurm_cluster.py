@@ -41,7 +41,11 @@ SKIP = 77
 ETC = Path("/etc/slurm")
 GPU_RULES = {"pretrain", "train_classifier", "cams", "refiner_train", "refine_learned",
              "deeplab_train", "deeplab_predict"}
-LOCAL_RULES = {"summary", "report_figures", "all"}
+# the gathering of a sharded stage's shards (workflow/rules/shards.smk) runs where snakemake does
+LOCAL_RULES = {"summary", "report_figures", "all", "combine_cams", "combine_labels",
+               "combine_train_labels", "combine_deeplab", "combine_seeds_eval",
+               "combine_labels_eval", "combine_deeplab_eval"}
+SHARDS = 2  # every per-image stage as two SLURM jobs
 
 
 def log(msg: str) -> None:
@@ -181,6 +185,7 @@ def micro_config() -> dict:
     cfg["deeplab"]["splits"] = ["val"]
     cfg["run"]["deeplab"] = [["baseline", "psa"]]
     cfg["report"] = {"examples": 2}
+    cfg["dataset"]["shards"] = SHARDS
     sys.path.insert(0, str(REPO / "tests"))  # run as a script: tests/ is not on the path
     from conftest import QUICK_PRETRAIN  # the pretrain stage, real but seconds
 
@@ -294,13 +299,14 @@ def finished_jobs(log_path: Path) -> dict[str, int]:
     return counts
 
 
-# outputs of the micro run's first stages, to check that a finished stage is not redone
+# outputs of the micro run's first stages, to check that a finished stage is not redone (a
+# sharded stage's outputs are its shards' files)
 STAGE_OUTPUTS = {
     "dataset_index": "results/synthetic/data/index.json",
     "train_classifier": "results/synthetic/baseline/classifier.pt",
-    "cams": "results/synthetic/baseline/cams/train.h5",
-    "refiner_train_labels": "results/synthetic/baseline/psa/train_labels/train.h5",
-    "refine_crf": "results/synthetic/baseline/crf/labels/train.h5",
+    "cams": "results/synthetic/baseline/cams/train.shards/*.h5",
+    "refiner_train_labels": "results/synthetic/baseline/psa/train_labels/train.shards/*.h5",
+    "refine_crf": "results/synthetic/baseline/crf/labels/train.shards/*.h5",
 }
 
 
@@ -372,6 +378,10 @@ def main() -> int:
         a, b = base / "uninterrupted", base / "resumed"
         planned = prepare(a, overlay)
         prepare(b, overlay)
+        # each per-image stage is SHARDS jobs, gathered by one local job per store
+        for stage, gathering in (("cams", "combine_cams"), ("refine_crf", "combine_labels"),
+                                 ("evaluate_seeds", "combine_seeds_eval")):
+            assert planned[stage] == SHARDS * planned[gathering] > 0, (stage, planned)
         seconds = full_run(a, overlay)
         jobs = check_jobs(a)
         log(f"uninterrupted run: {seconds:.0f} s; planned {planned}")
@@ -383,8 +393,9 @@ def main() -> int:
 
         finished = interrupted_run(b, overlay)
         ran_before = slurm_jobs(b)
-        kept = {rule: (b / out).stat().st_mtime for rule, out in STAGE_OUTPUTS.items()
-                if finished.get(rule)}
+        # stages whose every job had finished: none of their files may be written again
+        kept = {str(path): path.stat().st_mtime for rule, out in STAGE_OUTPUTS.items()
+                if finished.get(rule) == planned[rule] for path in sorted(b.glob(out))}
         seconds = full_run(b, overlay)
         ran_after = {r: [j for j in ids if j not in ran_before.get(r, [])]
                      for r, ids in slurm_jobs(b).items()}
@@ -394,11 +405,13 @@ def main() -> int:
             again = len(ran_after.get(rule, []))
             assert again <= planned[rule] - count, \
                 f"{rule}: {count} of {planned[rule]} jobs had finished, {again} ran again"
-        redone = [r for r, t in kept.items() if (b / STAGE_OUTPUTS[r]).stat().st_mtime != t]
+        redone = [p for p, t in kept.items() if Path(p).stat().st_mtime != t]
         assert not redone, f"outputs of finished stages were rewritten: {redone}"
         compare_results(a, b)
         log(f"resumed run: {seconds:.0f} s; not redone: {sorted(finished)}; submitted: "
             f"{sorted(r for r, ids in ran_after.items() if ids)}; results identical")
+        print(f"OK: every stage ran as its own SLURM job, each per-image stage as {SHARDS} "
+              "shard jobs;", flush=True)
         print("OK: every stage ran as its own SLURM job; GPU rules requested a GPU; the "
               "interrupted run resumed without redoing finished jobs, with identical results",
               flush=True)

@@ -53,6 +53,57 @@ POOL_THREADS = min(CPU_THREADS, max(1, workflow.cores // 2))
 TORCH_THREADS = 1
 
 
+# Per-image stages (CAMs, CRF, refiner labels and walks, DeepLab prediction, evaluation) run as
+# dataset.shards jobs over disjoint id ranges, gathered into the store every consumer reads
+# (workflow/rules/shards.smk); with 1 shard the stage writes that store itself, as before.
+SHARDS = config["dataset"]["shards"]
+
+
+def _shard_parts(path: str) -> tuple[str, str]:
+    for ext, part_ext in ((".eval.json", ".npz"), (".h5", ".h5")):
+        if path.endswith(ext):
+            return path[: -len(ext)] + ext.rsplit(".", 1)[0], part_ext
+    raise ValueError(f"no shard layout for {path}")
+
+
+def shard_pattern(path: str) -> str:
+    """One shard's file of a per-image output: results/.../cams/train.shards/2-of-4.h5 for
+    cams/train.h5, .../train.eval.shards/2-of-4.npz (its confusions) for train.eval.json."""
+    stem, ext = _shard_parts(path)
+    return f"{stem}.shards/{{scatteritem}}{ext}"
+
+
+def per_image(path: str) -> str:
+    """The output of a per-image job: `path`, or with shards one shard's file of it."""
+    return path if SHARDS == 1 else shard_pattern(path)
+
+
+def per_image_side(path: str) -> str:
+    """A per-image job's log or benchmark file: one per shard."""
+    if SHARDS == 1:
+        return path
+    stem, ext = path.rsplit(".", 1)
+    return f"{stem}.{{scatteritem}}.{ext}"
+
+
+def shard_arg(partial: bool = False):
+    """Params function: the job's `--shard i-of-n` (and `--partial` for an evaluation)."""
+
+    def arg(wildcards) -> str:
+        if SHARDS == 1:
+            return ""
+        return f"--shard {wildcards.scatteritem}" + (" --partial" if partial else "")
+
+    return arg
+
+
+def gathered(path: str) -> list[str]:
+    """The shards' files of a per-image output (Snakemake's gather over `scatteritem`), with
+    the output's other wildcards left for the gathering rule."""
+    pattern = shard_pattern(path).replace("{", "{{").replace("}", "}}")
+    return gather.shards(pattern.replace("{{scatteritem}}", "{scatteritem}"))
+
+
 def as_json(obj) -> str:
     """A config block as a canonical JSON string (a params value, so edits trigger reruns)."""
     return json.dumps(obj, sort_keys=True, separators=(",", ":"))
@@ -82,8 +133,8 @@ def _check_config():
     for split in run["splits"] + [config["dataset"]["train_split"]]:
         if split not in splits:
             config_error(f"split '{split}' is not a key of dataset.splits ({sorted(splits)})")
-    if config["dataset"]["kind"] == "voc" and not config["dataset"]["root"]:
-        config_error("dataset.root must be set for dataset.kind voc")
+    if config["dataset"]["kind"] in ("voc", "coco") and not config["dataset"]["root"]:
+        config_error(f"dataset.root must be set for dataset.kind {config['dataset']['kind']}")
     for split in config["deeplab"]["splits"]:
         if split not in splits:
             config_error(f"deeplab.splits: '{split}' is not a key of dataset.splits "
@@ -138,13 +189,46 @@ def _check_config():
 
 
 
+COCO_DATA = f"{RESULTS}/data/coco"  # the coco converter's output: masks, lists, classes.txt
+
+
+def coco_source() -> tuple[str, dict]:
+    """(root, {split: instances file}) the coco converter reads: the dataset's, or for the
+    benchmark in COCO layout the folder its writer fills."""
+    d = config["dataset"]
+    if d["kind"] == "synthetic":
+        return f"{RESULTS}/data/coco_layout", {
+            s: f"annotations/instances_{s}2014.json" for s in d["splits"]}
+    return d["root"], dict(d["splits"])
+
+
+def coco_image_dirs() -> dict:
+    """split -> image folder under the COCO root (COCO's: instances_<folder>.json)."""
+    from wsss.data.coco_json import default_image_dir
+
+    own = config["dataset"]["coco"]["image_dirs"] or {}
+    return {s: own.get(s) or default_image_dir(p) for s, p in coco_source()[1].items()}
+
+
+def reads_coco() -> bool:
+    d = config["dataset"]
+    return d["kind"] == "coco" or (d["kind"] == "synthetic" and d["layout"] == "coco")
+
+
 def dataset_block() -> dict:
     """What the stages need to read the dataset (the generator settings stay with its rule)."""
     d = config["dataset"]
+    if reads_coco():
+        # every stage reads the converted masks and lists, and the images where they are
+        return {"root": COCO_DATA, "name": d["name"],
+                "splits": {s: f"{s}.txt" for s in d["splits"]},
+                "mask_dir": "SegmentationClass", "label_source": "masks", "classes": None,
+                "image_root": coco_source()[0],
+                "image_dirs": list(dict.fromkeys(coco_image_dirs().values()))}
     root = f"{RESULTS}/data/voc" if d["kind"] == "synthetic" else d["root"]
     keys = ("name", "splits", "mask_dir", "label_source", "classes")
-    # only when set, so that a run without it keeps its params (and its results) as they were
-    extra = {"eval_mask_dir": d["eval_mask_dir"]} if d.get("eval_mask_dir") else {}
+    # only when set, so that a run without them keeps its params (and its results) as they were
+    extra = {k: d[k] for k in ("eval_mask_dir", "image_root", "image_dirs") if d.get(k)}
     return {"root": root, **{k: d[k] for k in keys}, **extra}
 
 
@@ -380,8 +464,9 @@ def evaluation_targets() -> list[str]:
 
 
 def diagnostic_targets() -> list[str]:
-    """Failure-mode measurements: only the synthetic benchmark records what they need."""
-    if config["dataset"]["kind"] != "synthetic":
+    """Failure-mode measurements: only the synthetic benchmark records what they need (in its
+    own folder; read in COCO layout, the dataset the stages see is the converted one)."""
+    if config["dataset"]["kind"] != "synthetic" or reads_coco():
         return []
     run = config["run"]
     out = []

@@ -35,12 +35,13 @@ rule deeplab_train:
 
 rule deeplab_predict:
     output:
-        pred=f"{RESULTS}/{{variant}}/{{refiner}}/deeplab/pred/{{split}}.h5",
-        crf=f"{RESULTS}/{{variant}}/{{refiner}}/deeplab/pred_crf/{{split}}.h5",
+        pred=per_image(f"{RESULTS}/{{variant}}/{{refiner}}/deeplab/pred/{{split}}.h5"),
+        crf=per_image(f"{RESULTS}/{{variant}}/{{refiner}}/deeplab/pred_crf/{{split}}.h5"),
     input:
         weights=f"{RESULTS}/{{variant}}/{{refiner}}/deeplab/deeplab.pt",
         code=code("wsss.cli.deeplab_predict"),
     params:
+        shard=shard_arg(),
         block=as_json(config["deeplab"]),
         dataset=DATASET_JSON,
         device=config["device"],
@@ -50,24 +51,25 @@ rule deeplab_predict:
         mem_mb=8000,
         runtime=240,
     log:
-        f"{LOGS}/deeplab_predict/{{variant}}/{{refiner}}/{{split}}.log",
+        per_image_side(f"{LOGS}/deeplab_predict/{{variant}}/{{refiner}}/{{split}}.log"),
     benchmark:
-        f"{BENCH}/deeplab_predict/{{variant}}/{{refiner}}/{{split}}.tsv"
+        per_image_side(f"{BENCH}/deeplab_predict/{{variant}}/{{refiner}}/{{split}}.tsv")
     conda:
         ENV
     shell:
         "wsss deeplab-predict --dataset {params.dataset:q} --split {wildcards.split}"
         " --weights {input.weights} --config {params.block:q} --device {params.device}"
-        " --threads {threads} --out {output.pred} --out-crf {output.crf} > {log} 2>&1"
+        " --threads {threads} {params.shard} --out {output.pred} --out-crf {output.crf} > {log} 2>&1"
 
 
 rule evaluate_deeplab:
     output:
-        f"{RESULTS}/{{variant}}/{{refiner}}/deeplab/{{kind}}/{{split}}.eval.json",
+        per_image(f"{RESULTS}/{{variant}}/{{refiner}}/deeplab/{{kind}}/{{split}}.eval.json"),
     input:
         labels=f"{RESULTS}/{{variant}}/{{refiner}}/deeplab/{{kind}}/{{split}}.h5",
         code=code("wsss.cli.evaluate"),
     params:
+        shard=shard_arg(partial=True),
         dataset=DATASET_JSON,
         stage=lambda wildcards: f"deeplab_{wildcards.refiner}{DEEPLAB_KINDS[wildcards.kind]}",
     wildcard_constraints:
@@ -76,12 +78,12 @@ rule evaluate_deeplab:
     resources:
         mem_mb=4000,
     log:
-        f"{LOGS}/evaluate_deeplab/{{variant}}/{{refiner}}/{{kind}}/{{split}}.log",
+        per_image_side(f"{LOGS}/evaluate_deeplab/{{variant}}/{{refiner}}/{{kind}}/{{split}}.log"),
     benchmark:
-        f"{BENCH}/evaluate_deeplab/{{variant}}/{{refiner}}/{{kind}}/{{split}}.tsv"
+        per_image_side(f"{BENCH}/evaluate_deeplab/{{variant}}/{{refiner}}/{{kind}}/{{split}}.tsv")
     conda:
         ENV
     shell:
         "wsss eval-labels --dataset {params.dataset:q} --labels {input.labels}"
         " --split {wildcards.split} --variant {wildcards.variant} --stage {params.stage}"
-        " --threads {threads} --out {output} > {log} 2>&1"
+        " --threads {threads} {params.shard} --out {output} > {log} 2>&1"

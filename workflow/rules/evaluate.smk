@@ -4,26 +4,27 @@
 
 rule evaluate_seeds:
     output:
-        f"{RESULTS}/{{variant}}/cams/{{split}}.eval.json",
+        per_image(f"{RESULTS}/{{variant}}/cams/{{split}}.eval.json"),
     input:
         cams=f"{RESULTS}/{{variant}}/cams/{{split}}.h5",
         code=code("wsss.cli.evaluate"),
     params:
+        shard=shard_arg(partial=True),
         dataset=DATASET_JSON,
         evaluation=as_json(config["evaluation"]),
     threads: POOL_THREADS
     resources:
         mem_mb=4000,
     log:
-        f"{LOGS}/evaluate_seeds/{{variant}}/{{split}}.log",
+        per_image_side(f"{LOGS}/evaluate_seeds/{{variant}}/{{split}}.log"),
     benchmark:
-        f"{BENCH}/evaluate_seeds/{{variant}}/{{split}}.tsv"
+        per_image_side(f"{BENCH}/evaluate_seeds/{{variant}}/{{split}}.tsv")
     conda:
         ENV
     shell:
         "wsss eval-seeds --dataset {params.dataset:q} --cams {input.cams} --split {wildcards.split}"
         " --variant {wildcards.variant} --evaluation {params.evaluation:q} --threads {threads}"
-        " --out {output} > {log} 2>&1"
+        " {params.shard} --out {output} > {log} 2>&1"
 
 
 rule failure_modes:
@@ -73,22 +74,23 @@ rule failure_modes_labels:
 
 rule evaluate_labels:
     output:
-        f"{RESULTS}/{{variant}}/{{refiner}}/labels/{{split}}.eval.json",
+        per_image(f"{RESULTS}/{{variant}}/{{refiner}}/labels/{{split}}.eval.json"),
     input:
         labels=f"{RESULTS}/{{variant}}/{{refiner}}/labels/{{split}}.h5",
         code=code("wsss.cli.evaluate"),
     params:
+        shard=shard_arg(partial=True),
         dataset=DATASET_JSON,
     threads: POOL_THREADS
     resources:
         mem_mb=4000,
     log:
-        f"{LOGS}/evaluate_labels/{{variant}}/{{refiner}}/{{split}}.log",
+        per_image_side(f"{LOGS}/evaluate_labels/{{variant}}/{{refiner}}/{{split}}.log"),
     benchmark:
-        f"{BENCH}/evaluate_labels/{{variant}}/{{refiner}}/{{split}}.tsv"
+        per_image_side(f"{BENCH}/evaluate_labels/{{variant}}/{{refiner}}/{{split}}.tsv")
     conda:
         ENV
     shell:
         "wsss eval-labels --dataset {params.dataset:q} --labels {input.labels}"
         " --split {wildcards.split} --variant {wildcards.variant} --stage {wildcards.refiner}"
-        " --threads {threads} --out {output} > {log} 2>&1"
+        " --threads {threads} {params.shard} --out {output} > {log} 2>&1"

@@ -4,10 +4,11 @@
 
 rule refine_crf:
     output:
-        f"{RESULTS}/{{variant}}/{{refiner}}/labels/{{split}}.h5",
+        per_image(f"{RESULTS}/{{variant}}/{{refiner}}/labels/{{split}}.h5"),
     input:
         unpack(crf_inputs),
     params:
+        shard=shard_arg(),
         block=refiner_block,
         dataset=DATASET_JSON,
         seeds=seeds_eval_arg,
@@ -18,14 +19,14 @@ rule refine_crf:
         mem_mb=4000,
         runtime=120,
     log:
-        f"{LOGS}/refine_crf/{{variant}}/{{refiner}}/{{split}}.log",
+        per_image_side(f"{LOGS}/refine_crf/{{variant}}/{{refiner}}/{{split}}.log"),
     benchmark:
-        f"{BENCH}/refine_crf/{{variant}}/{{refiner}}/{{split}}.tsv"
+        per_image_side(f"{BENCH}/refine_crf/{{variant}}/{{refiner}}/{{split}}.tsv")
     conda:
         ENV
     shell:
         "wsss crf --dataset {params.dataset:q} --cams {input.cams} --split {wildcards.split}"
-        " --config {params.block:q} {params.seeds} --threads {threads} --out {output}"
+        " --config {params.block:q} {params.seeds} --threads {threads} {params.shard} --out {output}"
         " > {log} 2>&1"
 
 
@@ -37,11 +38,12 @@ TRAIN_SPLIT = config["dataset"]["train_split"]
 
 rule refiner_train_labels:
     output:
-        f"{RESULTS}/{{variant}}/{{refiner}}/train_labels/{{split}}.h5",
+        per_image(f"{RESULTS}/{{variant}}/{{refiner}}/train_labels/{{split}}.h5"),
     input:
         cams=f"{RESULTS}/{{variant}}/cams/{{split}}.h5",
         code=refiner_code,
     params:
+        shard=shard_arg(),
         block=refiner_label_block,
         dataset=DATASET_JSON,
     wildcard_constraints:
@@ -51,15 +53,15 @@ rule refiner_train_labels:
         mem_mb=4000,
         runtime=120,
     log:
-        f"{LOGS}/refiner_train_labels/{{variant}}/{{refiner}}/{{split}}.log",
+        per_image_side(f"{LOGS}/refiner_train_labels/{{variant}}/{{refiner}}/{{split}}.log"),
     benchmark:
-        f"{BENCH}/refiner_train_labels/{{variant}}/{{refiner}}/{{split}}.tsv"
+        per_image_side(f"{BENCH}/refiner_train_labels/{{variant}}/{{refiner}}/{{split}}.tsv")
     conda:
         ENV
     shell:
         "wsss refine-labels --dataset {params.dataset:q} --cams {input.cams}"
         " --split {wildcards.split} --config {params.block:q} --threads {threads}"
-        " --out {output} > {log} 2>&1"
+        " {params.shard} --out {output} > {log} 2>&1"
 
 
 rule refiner_train:
@@ -96,12 +98,13 @@ rule refiner_train:
 
 rule refine_learned:
     output:
-        f"{RESULTS}/{{variant}}/{{refiner}}/labels/{{split}}.h5",
+        per_image(f"{RESULTS}/{{variant}}/{{refiner}}/labels/{{split}}.h5"),
     input:
         cams=f"{RESULTS}/{{variant}}/cams/{{split}}.h5",
         weights=f"{RESULTS}/{{variant}}/{{refiner}}/network.pt",
         code=refiner_code,
     params:
+        shard=shard_arg(),
         block=refiner_block,
         dataset=DATASET_JSON,
         device=config["device"],
@@ -113,15 +116,15 @@ rule refine_learned:
         mem_mb=8000,
         runtime=120,
     log:
-        f"{LOGS}/refine_learned/{{variant}}/{{refiner}}/{{split}}.log",
+        per_image_side(f"{LOGS}/refine_learned/{{variant}}/{{refiner}}/{{split}}.log"),
     benchmark:
-        f"{BENCH}/refine_learned/{{variant}}/{{refiner}}/{{split}}.tsv"
+        per_image_side(f"{BENCH}/refine_learned/{{variant}}/{{refiner}}/{{split}}.tsv")
     conda:
         ENV
     shell:
         "wsss refine --dataset {params.dataset:q} --cams {input.cams} --split {wildcards.split}"
         " --config {params.block:q} --weights {input.weights} --device {params.device}"
-        " --threads {threads} --out {output} > {log} 2>&1"
+        " --threads {threads} {params.shard} --out {output} > {log} 2>&1"
 
 
 # Refiner kinds that need no network of their own and read only the CAM store (a single-stage
@@ -131,11 +134,12 @@ DIRECT = [r for r in refiners_where("learned", False) if r not in refiners_of("c
 
 rule refine_direct:
     output:
-        f"{RESULTS}/{{variant}}/{{refiner}}/labels/{{split}}.h5",
+        per_image(f"{RESULTS}/{{variant}}/{{refiner}}/labels/{{split}}.h5"),
     input:
         cams=f"{RESULTS}/{{variant}}/cams/{{split}}.h5",
         code=refiner_code,
     params:
+        shard=shard_arg(),
         block=refiner_block,
         dataset=DATASET_JSON,
         device=config["device"],
@@ -146,12 +150,12 @@ rule refine_direct:
         mem_mb=4000,
         runtime=120,
     log:
-        f"{LOGS}/refine_direct/{{variant}}/{{refiner}}/{{split}}.log",
+        per_image_side(f"{LOGS}/refine_direct/{{variant}}/{{refiner}}/{{split}}.log"),
     benchmark:
-        f"{BENCH}/refine_direct/{{variant}}/{{refiner}}/{{split}}.tsv"
+        per_image_side(f"{BENCH}/refine_direct/{{variant}}/{{refiner}}/{{split}}.tsv")
     conda:
         ENV
     shell:
         "wsss refine --dataset {params.dataset:q} --cams {input.cams} --split {wildcards.split}"
         " --config {params.block:q} --device {params.device} --threads {threads}"
-        " --out {output} > {log} 2>&1"
+        " {params.shard} --out {output} > {log} 2>&1"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from wsss.cli.common import dataset, json_arg, stage, torch_threads
+from wsss.cli.common import add_shard, dataset, json_arg, stage, torch_threads
 
 log = logging.getLogger("wsss")
 
@@ -12,6 +12,7 @@ log = logging.getLogger("wsss")
 def cmd_cams(args) -> None:
     from wsss.cams import extract_cams
     from wsss.data.index import read_index
+    from wsss.data.shards import WHOLE, shard_ids
     from wsss.methods.base import load_method
     from wsss.train import pick_device
 
@@ -22,8 +23,8 @@ def cmd_cams(args) -> None:
     method = load_method(args.checkpoint, cfg, ds.num_classes, pick_device(args.device))
     attrs = {"classes": list(ds.classes), "method": cfg["method"], "variant": args.variant,
              "config": cfg, "split": args.split, "dataset": args.dataset.get("name", "")}
-    speed = extract_cams(method, ds, split["ids"], split["labels"], cfg["inference"], args.out,
-                         attrs)
+    ids = shard_ids(split["ids"], args.shard or WHOLE)
+    speed = extract_cams(method, ds, ids, split["labels"], cfg["inference"], args.out, attrs)
     log.info("CAMs of %d images in %.1f s (%.1f images/s)", speed["images"], speed["seconds"],
              speed["images_per_second"])
 
@@ -37,3 +38,4 @@ def add_commands(sub) -> None:
     sp.add_argument("--checkpoint", required=True)
     sp.add_argument("--out", required=True)
     sp.add_argument("--device", default="auto")
+    add_shard(sp)

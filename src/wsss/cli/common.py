@@ -14,11 +14,21 @@ def json_arg(text: str) -> Any:
         raise argparse.ArgumentTypeError(f"not valid JSON: {err}") from err
 
 
-def dataset(cfg: dict):
+def dataset(cfg: dict, shard: str | None = None):
+    """The dataset of a config block; with `shard` ("i-of-n") its splits list that shard's ids
+    only (wsss.data.shards)."""
+    from wsss.data.shards import sharded
     from wsss.data.voc import VocDataset
 
     # `name` only names the results folder
-    return VocDataset.from_config({k: v for k, v in cfg.items() if k != "name"})
+    return sharded(VocDataset.from_config({k: v for k, v in cfg.items() if k != "name"}), shard)
+
+
+def add_shard(sp: argparse.ArgumentParser) -> None:
+    """`--shard i-of-n`: a per-image stage on one of n disjoint ranges of the split's ids."""
+    sp.add_argument("--shard", default=None,
+                    help="run on shard i of n of the split's ids (Snakemake's i-of-n); "
+                         "default: the whole split")
 
 
 def threads(args) -> int:

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from wsss.cli.common import dataset, json_arg, stage, threads
+from wsss.cli.common import add_shard, dataset, json_arg, stage, threads
 
 
 def cmd_crf(args) -> None:
     from wsss.refine.crf import run_crf
 
-    run_crf(args.cams, dataset(args.dataset), args.split, args.config, args.out,
+    run_crf(args.cams, dataset(args.dataset, args.shard), args.split, args.config, args.out,
             threads=threads(args), seeds_eval=args.seeds_eval)
 
 
@@ -20,3 +20,4 @@ def add_commands(sub) -> None:
     sp.add_argument("--seeds-eval", default=None,
                     help="seed evaluation JSON whose best threshold sets the background plane")
     sp.add_argument("--out", required=True)
+    add_shard(sp)

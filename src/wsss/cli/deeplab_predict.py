@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from wsss.cli.common import dataset, json_arg, stage, torch_threads
+from wsss.cli.common import add_shard, dataset, json_arg, stage, torch_threads
 
 log = logging.getLogger("wsss")
 
@@ -14,8 +14,9 @@ def cmd_deeplab_predict(args) -> None:
     from wsss.train import pick_device
 
     n = torch_threads(args)
-    speed = predict(args.weights, dataset(args.dataset), args.split, args.config, args.out,
-                    args.out_crf, pick_device(args.device), threads=n)
+    ds = dataset(args.dataset, args.shard)
+    speed = predict(args.weights, ds, args.split, args.config, args.out, args.out_crf,
+                    pick_device(args.device), threads=n)
     log.info("DeepLab labels of %d images in %.1f s (%.1f images/s)", speed["images"],
              speed["seconds"], speed["images_per_second"])
 
@@ -29,3 +30,4 @@ def add_commands(sub) -> None:
     sp.add_argument("--out", required=True, help="label HDF5 of the network's argmax")
     sp.add_argument("--out-crf", default=None, help="label HDF5 after the dense CRF")
     sp.add_argument("--device", default="auto")
+    add_shard(sp)

@@ -6,7 +6,7 @@ The kind's module (named by the block's `refiner:` key in the registry) provides
 
 from __future__ import annotations
 
-from wsss.cli.common import dataset, json_arg, stage, threads, torch_threads
+from wsss.cli.common import add_shard, dataset, json_arg, stage, threads, torch_threads
 
 
 def _module(cfg: dict):
@@ -16,8 +16,9 @@ def _module(cfg: dict):
 
 
 def cmd_refine_labels(args) -> None:
-    _module(args.config).make_labels(args.cams, dataset(args.dataset), args.split, args.config,
-                                     args.out, threads=threads(args))
+    ds = dataset(args.dataset, args.shard)
+    _module(args.config).make_labels(args.cams, ds, args.split, args.config, args.out,
+                                     threads=threads(args))
 
 
 def cmd_refine_train(args) -> None:
@@ -31,9 +32,9 @@ def cmd_refine_train(args) -> None:
 def cmd_refine(args) -> None:
     from wsss.train import pick_device
 
-    _module(args.config).refine(args.cams, dataset(args.dataset), args.split, args.config,
-                                args.weights, args.out, pick_device(args.device),
-                                threads=torch_threads(args))
+    ds = dataset(args.dataset, args.shard)
+    _module(args.config).refine(args.cams, ds, args.split, args.config, args.weights, args.out,
+                                pick_device(args.device), threads=torch_threads(args))
 
 
 def add_commands(sub) -> None:
@@ -43,6 +44,7 @@ def add_commands(sub) -> None:
     sp.add_argument("--split", required=True)
     sp.add_argument("--config", type=json_arg, required=True, help="refiner block as JSON")
     sp.add_argument("--out", required=True)
+    add_shard(sp)
 
     sp = stage(sub, "refine-train", cmd_refine_train,
                "train a learned refiner's network (resumable)")
@@ -60,3 +62,4 @@ def add_commands(sub) -> None:
     sp.add_argument("--weights", default=None, help="the refiner's network (learned kinds)")
     sp.add_argument("--out", required=True)
     sp.add_argument("--device", default="auto")
+    add_shard(sp)

@@ -2,7 +2,8 @@
 
 Layout under `root`::
 
-    JPEGImages/<id>.jpg            RGB images (.png accepted when no .jpg exists)
+    JPEGImages/<id>.jpg            RGB images (.png accepted when no .jpg exists); elsewhere
+                                   with `image_root` / `image_dirs` (COCO: see data/coco.py)
     <mask_dir>/<id>.png            class-index masks: 0 background, k+1 <-> classes[k], 255 void
     <eval_mask_dir>/<id>.png       optional: ground truth for evaluation where it has the id
                                    (VOC's SegmentationClass), else <mask_dir>'s mask
@@ -37,7 +38,8 @@ VOC_CLASSES: tuple[str, ...] = (
 
 VOID = 255
 _IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
-_CONFIG_KEYS = {"root", "splits", "mask_dir", "eval_mask_dir", "label_source", "classes"}
+_CONFIG_KEYS = {"root", "splits", "mask_dir", "eval_mask_dir", "label_source", "classes",
+                "image_root", "image_dirs"}
 _LABEL_SOURCES = ("masks", "xml")
 # names a class list may give index 0 (mask value 0) under; never a foreground class
 _BACKGROUND_NAMES = ("background", "_background_", "__background__")
@@ -127,10 +129,19 @@ class VocDataset:
     # None: evaluate on mask_dir. VOC + SBD: SegmentationClass, the papers' ground truth for the
     # 1,464 train and 1,449 val ids, while the aug masks stay the fallback for the other ids
     eval_mask_dir: str | None = None
+    # where the images are: <image_root>/<dir>/<id>.jpg|.png, dirs tried in order; None: root
+    image_root: Path | None = None
+    image_dirs: tuple[str, ...] = ("JPEGImages",)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "root", Path(self.root))
         object.__setattr__(self, "classes", tuple(self.classes))
+        if self.image_root is not None:
+            object.__setattr__(self, "image_root", Path(self.image_root))
+        dirs = (self.image_dirs,) if isinstance(self.image_dirs, str) else tuple(self.image_dirs)
+        if not dirs or not all(isinstance(d, str) and d for d in dirs):
+            raise DatasetError(f"{self.root}: image_dirs must be folder names: {dirs!r}")
+        object.__setattr__(self, "image_dirs", dirs)
         if not self.classes:
             raise DatasetError(f"{self.root}: the class list is empty")
         if len(set(self.classes)) != len(self.classes):
@@ -147,12 +158,12 @@ class VocDataset:
         # the generated hash would fail on the `splits` dict; callers cache per dataset
         splits = tuple(sorted(self.splits.items()))
         return hash((self.root, self.classes, splits, self.mask_dir, self.label_source,
-                     self.eval_mask_dir))
+                     self.eval_mask_dir, self.image_root, self.image_dirs))
 
     @classmethod
     def from_config(cls, cfg: dict[str, Any]) -> VocDataset:
         """Build from a config dict (keys: root, splits, mask_dir, eval_mask_dir, label_source,
-        classes)."""
+        classes, image_root, image_dirs); relative roots are relative to the working directory."""
         unknown = sorted(set(cfg) - _CONFIG_KEYS)
         if unknown:
             raise DatasetError(f"dataset config: unknown key(s) {unknown}")
@@ -167,6 +178,11 @@ class VocDataset:
             classes_file = root / "classes.txt"
             source = str(classes_file)
             classes = _read_lines(classes_file) if classes_file.is_file() else VOC_CLASSES
+        image_root = cfg.get("image_root")
+        if image_root is not None:
+            image_root = Path(image_root).expanduser()
+            if not image_root.is_dir():
+                raise DatasetError(f"{image_root}: image_root does not exist or is not a directory")
         return cls(
             root=root,
             classes=foreground_classes(classes, source),
@@ -174,6 +190,8 @@ class VocDataset:
             mask_dir=cfg.get("mask_dir") or "SegmentationClass",
             label_source=cfg.get("label_source") or "masks",
             eval_mask_dir=cfg.get("eval_mask_dir") or None,
+            image_root=image_root,
+            image_dirs=cfg.get("image_dirs") or ("JPEGImages",),
         )
 
     @property
@@ -200,12 +218,15 @@ class VocDataset:
         return ids
 
     def image_path(self, image_id: str) -> Path:
-        jpg = self.root / "JPEGImages" / f"{image_id}.jpg"
-        if not jpg.exists():
-            png = jpg.with_suffix(".png")
-            if png.exists():
-                return png
-        return jpg
+        """The first existing <image_root>/<dir>/<id>.jpg or .png (dirs in order, .jpg before
+        .png within a dir); the first dir's .jpg path when none exists."""
+        base = self.root if self.image_root is None else self.image_root
+        for folder in self.image_dirs:
+            for suffix in (".jpg", ".png"):
+                path = base / folder / f"{image_id}{suffix}"
+                if path.exists():
+                    return path
+        return base / self.image_dirs[0] / f"{image_id}.jpg"
 
     def mask_path(self, image_id: str) -> Path:
         return self.root / self.mask_dir / f"{image_id}.png"

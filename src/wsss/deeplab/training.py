@@ -144,7 +144,7 @@ def _check_label_sizes(reader: LabelReader, ds: VocDataset, ids: Sequence[str]) 
     silently resize it; reading the sizes from the HDF5 and image headers costs next to
     nothing, so a wrong store fails before training, not after an epoch."""
     for image_id in ids:
-        shape = reader.file[image_id].shape
+        shape = reader.shape(image_id)
         path = ds.image_path(image_id)
         try:
             with Image.open(path) as im:
