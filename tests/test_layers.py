@@ -19,7 +19,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("wsss.cams",),
     ("wsss.refine",),
     ("wsss.deeplab",),
-    ("wsss.metrics", "wsss.evaluate", "wsss.diagnostics"),
+    ("wsss.metrics", "wsss.evaluate", "wsss.eval_partials", "wsss.diagnostics"),
     ("wsss.report",),
     ("wsss.cli", "wsss.__main__"),
 ]
