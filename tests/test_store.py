@@ -217,3 +217,21 @@ def test_a_view_over_many_shards_keeps_a_bounded_number_open(tmp_path, monkeypat
             for image_id, (cam, _seg) in arrays.items():
                 assert r.get(image_id)[0].tobytes() == cam.astype(np.float32).tobytes()
                 assert len(r._open) <= 3
+
+
+def test_cams_are_stored_compressed_one_plane_per_chunk(tmp_path):
+    """A smooth CAM (what upsampled class maps are) must not be stored at its raw size, and a
+    class plane must be readable without decompressing the others."""
+    yy, xx = np.mgrid[0:120, 0:160] / 40.0
+    cam = np.stack([np.sin(yy) * np.cos(xx), np.cos(yy + xx)]).astype(np.float16) * 0.5 + 0.5
+    with CamWriter(tmp_path / "c.h5", {"classes": ["a", "b"]}) as w:
+        w.add("x", cam, [0, 1], cam_lowres=cam[:, ::4, ::4], seg=np.concatenate([cam, cam[:1]]))
+        w.add("none", np.zeros((0, 120, 160), np.float16), [])
+    with h5py.File(tmp_path / "c.h5", "r") as f:
+        for name in ("cam", "cam_lowres", "seg"):
+            d = f["x"][name]
+            assert d.chunks == (1, *d.shape[1:]) and d.shuffle, name
+            assert d.id.get_storage_size() < d.nbytes / 2, name
+    with CamReader(tmp_path / "c.h5") as r:
+        assert r.get("x")[0].tobytes() == cam.astype(np.float32).tobytes()  # lossless
+        assert r.get("none")[0].shape == (0, 120, 160)
