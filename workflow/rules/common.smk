@@ -97,6 +97,11 @@ def shard_arg(partial: bool = False):
     return arg
 
 
+def gather_side(path: str, root: str, ext: str) -> str:
+    """The log or benchmark file of a gathering job, named after what it writes."""
+    return f"{root}/combine/{path[len(RESULTS) + 1:].rsplit('.', 1)[0]}.{ext}"
+
+
 def gathered(path: str) -> list[str]:
     """The shards' files of a per-image output (Snakemake's gather over `scatteritem`), with
     the output's other wildcards left for the gathering rule."""
@@ -213,6 +218,22 @@ def coco_image_dirs() -> dict:
 def reads_coco() -> bool:
     d = config["dataset"]
     return d["kind"] == "coco" or (d["kind"] == "synthetic" and d["layout"] == "coco")
+
+
+def coco_inputs(wildcards) -> list[str]:
+    """What the coco converter reads: the instances files, or the benchmark's COCO layout."""
+    root, splits = coco_source()
+    if config["dataset"]["kind"] == "synthetic":
+        return rules.coco_layout.output
+    return [os.path.join(root, p) for p in splits.values()]
+
+
+def dataset_inputs(wildcards) -> list[str]:
+    """What the dataset index reads: the converted COCO masks, the generated benchmark, or
+    nothing (a VOC root is read directly)."""
+    if reads_coco():
+        return rules.coco_masks.output
+    return rules.synthetic_data.output if config["dataset"]["kind"] == "synthetic" else []
 
 
 def dataset_block() -> dict:

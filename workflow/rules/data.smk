@@ -43,13 +43,6 @@ rule coco_layout:
         " --polygon-every 3 --out {output} > {log} 2>&1"
 
 
-def coco_inputs(wildcards) -> list[str]:
-    root, splits = coco_source()
-    if config["dataset"]["kind"] == "synthetic":
-        return rules.coco_layout.output
-    return [os.path.join(root, p) for p in splits.values()]
-
-
 rule coco_masks:
     output:
         directory(COCO_DATA),
@@ -76,12 +69,6 @@ rule coco_masks:
         "wsss coco-masks --root {params.root:q} --splits {params.splits:q}"
         " --image-dirs {params.image_dirs:q} {params.drop} --threads {threads} --out {output}"
         " > {log} 2>&1"
-
-
-def dataset_inputs(wildcards) -> list[str]:
-    if reads_coco():
-        return rules.coco_masks.output
-    return rules.synthetic_data.output if config["dataset"]["kind"] == "synthetic" else []
 
 
 rule dataset_index:

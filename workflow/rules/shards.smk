@@ -11,11 +11,6 @@ _STORES = {  # name -> (store kind, the combined file)
 }
 
 
-def _side(path: str, root: str, ext: str) -> str:
-    """The log or benchmark file of a gathering job, named after what it writes."""
-    return f"{root}/combine/{path[len(RESULTS) + 1:].rsplit('.', 1)[0]}.{ext}"
-
-
 if SHARDS > 1:
     for _name, (_kind, _path) in _STORES.items():
 
@@ -34,9 +29,9 @@ if SHARDS > 1:
                 kind=one_of(DEEPLAB_KINDS),
             localrule: True
             log:
-                _side(_path, LOGS, "log"),
+                gather_side(_path, LOGS, "log"),
             benchmark:
-                _side(_path, BENCH, "tsv")
+                gather_side(_path, BENCH, "tsv")
             conda:
                 ENV
             shell:
@@ -63,9 +58,9 @@ if SHARDS > 1:
                 kind=one_of(DEEPLAB_KINDS),
             localrule: True
             log:
-                _side(_path, LOGS, "log"),
+                gather_side(_path, LOGS, "log"),
             benchmark:
-                _side(_path, BENCH, "tsv")
+                gather_side(_path, BENCH, "tsv")
             conda:
                 ENV
             shell:
