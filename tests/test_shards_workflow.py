@@ -100,3 +100,23 @@ def test_shards_and_the_coco_layout_change_no_stored_value(tmp_path):
     forms = {type(a["segmentation"]).__name__ for a in instances["annotations"]}
     assert forms == {"list", "dict"}  # polygons and RLE both went through the reader
     assert _digest(coco) == sharded
+
+
+def test_bad_shard_counts_and_a_coco_run_without_a_root_are_named(tmp_path):
+    from test_workflow import _expect_config_error
+
+    cfg = _config(0)
+    _expect_config_error(tmp_path / "zero", cfg, "dataset.shards")
+    cfg = _config(1)
+    cfg["dataset"].update(kind="coco", root=None)
+    _expect_config_error(tmp_path / "coco", cfg, "dataset.root must be set for dataset.kind coco")
+    # a split whose image folder cannot be known, and an instances file that is not there
+    cfg["dataset"].update(root=str(tmp_path), splits={"train": "annotations/x.json"})
+    cfg["dataset"]["train_split"] = "train"
+    cfg["run"]["splits"] = ["train"]
+    cfg["deeplab"]["splits"] = ["train"]
+    cfg["evaluation"]["selection_split"] = "train"
+    cfg["report"]["example_split"] = "train"
+    _expect_config_error(tmp_path / "name", cfg, "dataset.splits.train", "image_dirs")
+    cfg["dataset"]["splits"] = {"train": "annotations/instances_train2014.json"}
+    _expect_config_error(tmp_path / "nofile", cfg, "annotations/instances_train2014.json")

@@ -35,7 +35,8 @@ def versions() -> dict[str, str]:
     from importlib import metadata
 
     out = {"python": platform.python_version()}
-    for dist in ("wsss", "torch", "torchvision", "numpy", "h5py", "pydensecrf2", "snakemake"):
+    for dist in ("wsss", "torch", "torchvision", "numpy", "h5py", "pydensecrf2", "pycocotools",
+                 "snakemake"):
         with contextlib.suppress(metadata.PackageNotFoundError):
             out[dist] = metadata.version(dist)
     return out

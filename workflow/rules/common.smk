@@ -204,15 +204,24 @@ def coco_source() -> tuple[str, dict]:
     if d["kind"] == "synthetic":
         return f"{RESULTS}/data/coco_layout", {
             s: f"annotations/instances_{s}2014.json" for s in d["splits"]}
+    if not d["root"]:
+        config_error("dataset.root must be set for dataset.kind coco")
     return d["root"], dict(d["splits"])
 
 
 def coco_image_dirs() -> dict:
     """split -> image folder under the COCO root (COCO's: instances_<folder>.json)."""
     from wsss.data.coco_json import default_image_dir
+    from wsss.data.voc import DatasetError
 
     own = config["dataset"]["coco"]["image_dirs"] or {}
-    return {s: own.get(s) or default_image_dir(p) for s, p in coco_source()[1].items()}
+    dirs = {}
+    for split, path in coco_source()[1].items():
+        try:
+            dirs[split] = own.get(split) or default_image_dir(path)
+        except DatasetError as err:
+            config_error(f"dataset.splits.{split}: {err} (dataset.coco.image_dirs)")
+    return dirs
 
 
 def reads_coco() -> bool:
