@@ -1,5 +1,6 @@
-"""What `dataset.shards` costs on one machine: the per-image stages at 1 vs N shards, and reading
-through a combined view (a script, not a test).
+"""What `dataset.shards` costs on one machine: stage times at 1 vs N shards, view reads, combine.
+
+A script, not a test:
 
     OMP_NUM_THREADS=1 .venv/bin/python tests/benchmarks/bench_shards.py \
         [--workdir /tmp/bench_shards] [--cores 2] [--variants baseline seam hsc dscnet] \
@@ -320,7 +321,10 @@ def _print_timing(runs: list[dict], settings: list[int]) -> None:
     r0 = [r for r in runs if r["shards"] == ref]
     for n in settings[1:]:
         rn = [r for r in runs if r["shards"] == n]
-        for label, pick in (("per-image", lambda x: x in PER_IMAGE),
+        rules = sorted({b["rule"] for r in rn for b in r["benchmarks"] if b["rule"] in PER_IMAGE},
+                       key=PER_IMAGE.index)
+        for label, pick in (*((rule, lambda x, rule=rule: x == rule) for rule in rules),
+                            ("per-image", lambda x: x in PER_IMAGE),
                             ("combine_*", lambda x: x.startswith("combine_")),
                             ("all", lambda x: True)):
             def tot(rs, pick=pick):
@@ -332,7 +336,10 @@ def _print_timing(runs: list[dict], settings: list[int]) -> None:
             print(f"  {n} vs {ref} shard(s), {label} jobs: +{j1 - j0:.0f} jobs, "
                   f"{s1 - s0:+.1f} job-s{per}")
         dw = _median([r["wall_s"] for r in rn]) - _median([r["wall_s"] for r in r0])
-        print(f"  {n} vs {ref} shard(s): wall {dw:+.1f} s (median)")
+        extra = (sum(b["s"] for r in rn for b in r["benchmarks"]) / len(rn)
+                 - sum(b["s"] for r in r0 for b in r["benchmarks"]) / len(r0))
+        print(f"  {n} vs {ref} shard(s): wall {dw:+.1f} s (median); the extra job-s over the "
+              f"{cores} cores: {extra / cores:+.1f} s")
     evals = [json.dumps(r["evals"], sort_keys=True) for r in runs]
     print(f"\nevery run's mIoUs identical: {len(set(evals)) == 1} "
           f"({len(runs[0]['evals'])} evaluations)")
@@ -413,7 +420,8 @@ def read_overhead(args, work: Path, stores: list[str], out: dict) -> None:
                  "h5py single": (_read_h5py, single), "h5py view (ext. links)": (_read_h5py, view)}
         n = 0
         for rep in range(args.read_repeats + 1):  # the first pass warms the page cache
-            for mode, (fn, path) in modes.items():
+            order = list(modes.items())
+            for mode, (fn, path) in order if rep % 2 else order[::-1]:  # no order effect
                 t0 = time.perf_counter()
                 n = fn(path, kind, lowres)
                 if rep:
@@ -426,12 +434,14 @@ def read_overhead(args, work: Path, stores: list[str], out: dict) -> None:
     print(f"\nreading every id (open + read all + close), median of {args.read_repeats}, "
           "µs per image (CAMs: cam + keys, and cam_lowres where present):")
     print(f"{'store':42s} {'ids':>4s} {'same':>5s} | {'reader 1 file':>13s} {'reader view':>11s} "
-          f"{'overhead':>8s} | {'h5py 1 file':>11s} {'h5py links':>10s} {'ratio':>6s}")
+          f"{'overhead':>8s} {'ms/pass':>7s} | {'h5py 1 file':>11s} {'h5py links':>10s} "
+          f"{'ratio':>6s}")
     for r in rows:
         m = r["us_per_image"]
         print(f"{r['store'].split('/', 2)[2]:42s} {r['ids']:4d} {str(r['same_content']):>5s} | "
               f"{m['reader single']:13.1f} {m['reader view']:11.1f} "
-              f"{m['reader view'] / m['reader single'] - 1:+8.1%} | "
+              f"{m['reader view'] / m['reader single'] - 1:+8.1%} "
+              f"{(m['reader view'] - m['reader single']) * r['ids'] / 1e3:+7.1f} | "
               f"{m['h5py single']:11.1f} {m['h5py view (ext. links)']:10.1f} "
               f"{m['h5py view (ext. links)'] / m['h5py single']:6.2f}x")
     for kind in ("cams", "labels"):
@@ -441,6 +451,8 @@ def read_overhead(args, work: Path, stores: list[str], out: dict) -> None:
                     for r in ks]
             print(f"  {kind}: median reader overhead of the view {_median(over):+.1%} "
                   f"(range {min(over):+.1%} .. {max(over):+.1%})")
+    print("  (ms/pass: the view's extra time of one open + read-all + close, which holds the "
+          "opening of its shard files)")
 
 
 # --------------------------------------------------------------------------------------------
@@ -472,6 +484,7 @@ def combine_scale(args, work: Path, out: dict) -> None:
         for image_id in ids:
             w.add(image_id, cam, [int(image_id[-2:]) % 80])
     write_single = time.perf_counter() - t0
+    os.sync()  # the stores' dirty pages written back, not flushed during the timings
     view = folder / "train.h5"
     combine = []
     for _ in range(args.scale_repeats):
@@ -488,14 +501,11 @@ def combine_scale(args, work: Path, out: dict) -> None:
         return _median(ts[1:])
 
     def read_all(path):
-        ts = []
-        for _ in range(2):
-            t0 = time.perf_counter()
-            with CamReader(path) as r:
-                for image_id in r.ids:
-                    r.get(image_id)
-            ts.append(time.perf_counter() - t0)
-        return ts[-1]  # the second pass: page cache warm
+        t0 = time.perf_counter()
+        with CamReader(path) as r:
+            for image_id in r.ids:
+                r.get(image_id)
+        return time.perf_counter() - t0
 
     res = {"ids": n, "shards": k, "write_shards_s": write_shards, "write_single_s": write_single,
            "combine_s": combine, "combine_median_s": _median(combine),
@@ -503,8 +513,16 @@ def combine_scale(args, work: Path, out: dict) -> None:
            "shard_bytes": sum(p.stat().st_size for p in parts),
            "single_bytes": single.stat().st_size,
            "open_view_s": open_close(view), "open_single_s": open_close(single)}
-    if args.scale_read:
-        res["read_all_view_s"], res["read_all_single_s"] = read_all(view), read_all(single)
+    if args.scale_read:  # a warm-up pass each, then alternating, the median
+        reads: dict[str, list[float]] = {"view": [], "single": []}
+        for rep in range(args.scale_repeats + 1):
+            for name, path in (("view", view), ("single", single))[:: 1 if rep % 2 else -1]:
+                t = read_all(path)
+                if rep:
+                    reads[name].append(t)
+        res["read_all_s"] = reads
+        res["read_all_view_s"] = _median(reads["view"])
+        res["read_all_single_s"] = _median(reads["single"])
     out["scale"] = res
     print(f"\ncombine at scale: {n:,} ids in {k} shard stores (1x4x4 float16 CAMs, keys):")
     print(f"  writing the {k} shards {write_shards:.1f} s, one single store {write_single:.1f} s "
@@ -516,10 +534,11 @@ def combine_scale(args, work: Path, out: dict) -> None:
     print(f"  open + close: view {res['open_view_s'] * 1e3:.1f} ms (id -> shard dict), "
           f"single store {res['open_single_s'] * 1e3:.1f} ms")
     if args.scale_read:
-        print(f"  read every id (warm): view {res['read_all_view_s']:.2f} s "
+        print(f"  read every id (warm, median of {args.scale_repeats}): view "
+              f"{res['read_all_view_s']:.2f} s "
               f"({res['read_all_view_s'] / n * 1e6:.0f} µs/image), single "
               f"{res['read_all_single_s']:.2f} s ({res['read_all_single_s'] / n * 1e6:.0f} "
-              f"µs/image)")
+              f"µs/image): {res['read_all_view_s'] / res['read_all_single_s'] - 1:+.1%}")
 
 
 # --------------------------------------------------------------------------------------------

@@ -24,51 +24,53 @@ rule synthetic_data:
 # COCO: the instance annotations become semantic masks once (wsss.data.coco: classes by COCO id,
 # smaller instance on top, crowd regions ignored); the benchmark in COCO layout (dataset.layout)
 # is first written that way from the generated set, so its DAG takes the same path.
-rule coco_layout:
-    output:
-        directory(f"{RESULTS}/data/coco_layout"),
-    input:
-        data=rules.synthetic_data.output,
-        code=code("wsss.cli.coco"),
-    params:
-        splits=as_json(config["dataset"]["splits"]),
-    log:
-        f"{LOGS}/coco_layout.log",
-    benchmark:
-        f"{BENCH}/coco_layout.tsv"
-    conda:
-        ENV
-    shell:
-        "wsss coco-layout --voc-root {input.data} --splits {params.splits:q}"
-        " --polygon-every 3 --out {output} > {log} 2>&1"
+if reads_coco():
+
+    rule coco_layout:
+        output:
+            directory(f"{RESULTS}/data/coco_layout"),
+        input:
+            data=rules.synthetic_data.output,
+            code=code("wsss.cli.coco"),
+        params:
+            splits=as_json(config["dataset"]["splits"]),
+        log:
+            f"{LOGS}/coco_layout.log",
+        benchmark:
+            f"{BENCH}/coco_layout.tsv"
+        conda:
+            ENV
+        shell:
+            "wsss coco-layout --voc-root {input.data} --splits {params.splits:q}"
+            " --polygon-every 3 --out {output} > {log} 2>&1"
 
 
-rule coco_masks:
-    output:
-        directory(COCO_DATA),
-    input:
-        source=coco_inputs,
-        code=code("wsss.cli.coco"),
-    params:
-        root=coco_source()[0],
-        splits=as_json(coco_source()[1]),
-        image_dirs=as_json(coco_image_dirs()),
-        drop=(" ".join(["--drop-empty", *config["dataset"]["coco"]["drop_empty"]])
-              if config["dataset"]["coco"]["drop_empty"] is not None else ""),
-    threads: CPU_THREADS
-    resources:
-        mem_mb=16000,  # COCO's train instances file, parsed
-        runtime=240,
-    log:
-        f"{LOGS}/coco_masks.log",
-    benchmark:
-        f"{BENCH}/coco_masks.tsv"
-    conda:
-        ENV
-    shell:
-        "wsss coco-masks --root {params.root:q} --splits {params.splits:q}"
-        " --image-dirs {params.image_dirs:q} {params.drop} --threads {threads} --out {output}"
-        " > {log} 2>&1"
+    rule coco_masks:
+        output:
+            directory(COCO_DATA),
+        input:
+            source=coco_inputs,
+            code=code("wsss.cli.coco"),
+        params:
+            root=coco_source()[0],
+            splits=as_json(coco_source()[1]),
+            image_dirs=as_json(coco_image_dirs()),
+            drop=(" ".join(["--drop-empty", *config["dataset"]["coco"]["drop_empty"]])
+                  if config["dataset"]["coco"]["drop_empty"] is not None else ""),
+        threads: CPU_THREADS
+        resources:
+            mem_mb=16000,  # COCO's train instances file, parsed
+            runtime=240,
+        log:
+            f"{LOGS}/coco_masks.log",
+        benchmark:
+            f"{BENCH}/coco_masks.tsv"
+        conda:
+            ENV
+        shell:
+            "wsss coco-masks --root {params.root:q} --splits {params.splits:q}"
+            " --image-dirs {params.image_dirs:q} {params.drop} --threads {threads} --out {output}"
+            " > {log} 2>&1"
 
 
 rule dataset_index:
