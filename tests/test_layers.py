@@ -12,8 +12,8 @@ from wsss.imports import direct_imports, graph
 
 # lowest first; a module may import its own layer and the ones before it
 LAYERS: list[tuple[str, ...]] = [
-    ("wsss", "wsss.errors", "wsss.registry", "wsss.imports", "wsss.schema", "wsss.store",
-     "wsss.paths"),
+    ("wsss", "wsss.errors", "wsss.registry", "wsss.imports", "wsss.locks", "wsss.schema",
+     "wsss.store", "wsss.paths"),
     ("wsss.data", "wsss.models", "wsss.ops", "wsss.train"),
     ("wsss.methods", "wsss.classifier", "wsss.pretrain"),
     ("wsss.cams",),
