@@ -17,6 +17,7 @@ sys.path.insert(0, str(Path(workflow.basedir) / "src"))
 from wsss import registry  # noqa: E402
 from wsss.errors import ConfigError  # noqa: E402
 from wsss.imports import source_files  # noqa: E402
+from wsss.locks import check_lock  # noqa: E402
 from wsss.schema import validate_config  # noqa: E402
 from wsss.paths import PRETRAINED_DIR, SYNTHETIC  # noqa: E402
 
@@ -29,6 +30,14 @@ try:
     validate_config(config, Path(workflow.basedir) / "workflow" / "schemas" / "config.schema.yaml")
 except ConfigError as err:
     raise WorkflowError(f"config.yaml: {err}")
+
+# A killed run leaves Snakemake's lock behind and the same command would stop at it: clear it
+# here, before Snakemake locks, when no run is alive in this directory (wsss.locks). Only in the
+# main process: a cluster job's Snakemake on a compute node cannot see the login node's run.
+if not (workflow.remote_exec or workflow.subprocess_exec):
+    _lock_note = check_lock(os.getcwd())
+    if _lock_note:
+        print(f"wsss: {_lock_note}", file=sys.stderr)
 
 DATASET = config["dataset"]["name"]
 RESULTS = f"results/{DATASET}"
