@@ -42,7 +42,7 @@ def test_cam_store_round_trip(tmp_path):
         r.check(["empty"], ["a", "b", "c"])
         with pytest.raises(StoreError, match="'missing_id' is missing"):
             r.check(["empty", "missing_id"])
-        with pytest.raises(StoreError, match="class list"):
+        with pytest.raises(StoreError, match="written for another dataset"):
             r.check(["empty"], ["a", "b"])
 
 
@@ -235,3 +235,57 @@ def test_cams_are_stored_compressed_one_plane_per_chunk(tmp_path):
     with CamReader(tmp_path / "c.h5") as r:
         assert r.get("x")[0].tobytes() == cam.astype(np.float32).tobytes()  # lossless
         assert r.get("none")[0].shape == (0, 120, 160)
+
+
+# --- stores of another format version or another dataset ------------------------------------
+
+
+def _set_version(path, version):
+    with h5py.File(path, "r+", locking=False) as f:
+        if version is None:
+            del f.attrs["format_version"]
+        else:
+            f.attrs["format_version"] = version
+
+
+@pytest.mark.parametrize("version, found", [(0, "format version 0"), (None, "no format version"),
+                                            (2, "format version 2")])
+def test_a_store_of_another_format_version_is_refused(tmp_path, version, found):
+    path = tmp_path / "cams.h5"
+    with CamWriter(path, {"classes": ["a"]}) as w:
+        w.add("x", np.zeros((1, 2, 2)), [0])
+    _set_version(path, version)
+    with pytest.raises(StoreError) as err:
+        CamReader(path)
+    assert str(err.value).startswith(f"{path}: {found}, this code reads format version 1; ")
+    assert "rerun the stage that writes it" in str(err.value)
+
+
+def test_a_view_refuses_a_shard_rewritten_in_another_format_version(tmp_path):
+    paths, arrays = _cam_shards(tmp_path / "s", [["a"], ["b"]])
+    combine_stores(tmp_path / "v.h5", paths, "cams")
+    _set_version(paths[1], 0)
+    with CamReader(tmp_path / "v.h5") as r:
+        assert r.get("a")[0].tobytes() == arrays["a"][0].astype(np.float32).tobytes()
+        with pytest.raises(StoreError, match=f"{paths[1]}: format version 0, this code reads"):
+            r.get("b")
+
+
+def test_a_store_of_another_dataset_is_refused_naming_both(tmp_path):
+    path = tmp_path / "cams.h5"
+    with CamWriter(path, {"classes": ["cat", "dog"], "dataset": "voc"}) as w:
+        w.add("x", np.zeros((1, 2, 2)), [0])
+    with CamReader(path) as r:
+        r.check(["x"], ["cat", "dog"])
+        with pytest.raises(StoreError) as err:
+            r.check(["x"], ["circle", "square"])
+    assert str(err.value).startswith(
+        f"{path}: written for another dataset: the store's dataset 'voc' has the class list "
+        "['cat', 'dog'], this dataset has ['circle', 'square']; rerun the stage")
+    path = tmp_path / "labels.h5"  # no dataset name recorded: the class lists tell them apart
+    with LabelWriter(path, {"classes": ["cat", "dog"]}) as w:
+        w.add("x", np.zeros((2, 2), np.uint8))
+    with LabelReader(path) as r, pytest.raises(StoreError, match=(
+            r"labels.h5: written for another dataset: the store's dataset has the class list "
+            r"\['cat', 'dog'\], this dataset has \['cat'\]")):
+        r.check(["x"], ["cat"])

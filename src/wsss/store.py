@@ -11,7 +11,6 @@ import contextlib
 import json
 import os
 import platform
-import tempfile
 from collections import OrderedDict
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -19,6 +18,11 @@ from typing import Any
 
 import h5py
 import numpy as np
+
+# atomic_path and WriteError are re-exported: every stage writes its outputs through them
+from wsss.atomic import WriteError as WriteError
+from wsss.atomic import atomic_path as atomic_path
+from wsss.atomic import release
 
 os.environ.setdefault("HDF5_USE_FILE_LOCKING", "FALSE")
 
@@ -42,22 +46,6 @@ def versions() -> dict[str, str]:
     return out
 
 
-@contextlib.contextmanager
-def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
-    """Yield a temporary path beside `path`; rename it onto `path` only if the block succeeds."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix + ".tmp", dir=path.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
-    try:
-        yield tmp_path
-        os.replace(tmp_path, path)
-    finally:
-        if tmp_path.exists():
-            tmp_path.unlink()
-
-
 def write_json(path: str | os.PathLike, obj: Any) -> None:
     """Write `obj` as indented JSON, atomically."""
     with atomic_path(path) as tmp:
@@ -75,11 +63,22 @@ def _open_read(path: Path, kind: str) -> h5py.File:
     if found != kind:
         f.close()
         raise StoreError(f"{path}: expected a '{kind}' store, found '{found}'")
+    version = f.attrs.get("format_version")
+    if version is None or version != FORMAT_VERSION:
+        f.close()
+        found = "no format version" if version is None else f"format version {version}"
+        raise StoreError(f"{path}: {found}, this code reads format version {FORMAT_VERSION}; "
+                         "rerun the stage that writes it (or delete it and let the workflow "
+                         "rebuild it)")
     return f
 
 
 class _Writer:
-    """Shared part of the atomic HDF5 writers: temp file, attrs, commit on clean exit."""
+    """Shared part of the atomic HDF5 writers: temp file, attrs, commit on clean exit.
+
+    Each dataset is flushed as it is added, so a full disk fails the `add` that hit it (HDF5
+    would otherwise drop the error in a destructor and may crash at close); the temp file is
+    then emptied before HDF5 closes it, and a WriteError names the target (atomic_path)."""
 
     kind = ""
 
@@ -87,26 +86,40 @@ class _Writer:
         self.path = Path(path)
         self._ctx = atomic_path(self.path, suffix=".h5")
         self._tmp = self._ctx.__enter__()
-        self.file = h5py.File(self._tmp, "w", locking=False)
-        self.file.attrs["kind"] = self.kind
-        self.file.attrs["format_version"] = FORMAT_VERSION
-        self.file.attrs["versions"] = json.dumps(versions())
-        for key, value in attrs.items():
-            plain = isinstance(value, str | int | float)
-            self.file.attrs[key] = value if plain else json.dumps(value)
+        self.file: h5py.File | None = None
+        try:
+            self.file = h5py.File(self._tmp, "w", locking=False)
+            self.file.attrs["kind"] = self.kind
+            self.file.attrs["format_version"] = FORMAT_VERSION
+            self.file.attrs["versions"] = json.dumps(versions())
+            for key, value in attrs.items():
+                plain = isinstance(value, str | int | float)
+                self.file.attrs[key] = value if plain else json.dumps(value)
+        except BaseException as err:
+            self._discard(err)
+            raise
         self.ids: list[str] = []
+
+    def _discard(self, err: BaseException) -> None:
+        """Close and remove the temp file after `err`; raises WriteError for a failed write."""
+        if self.file is not None:
+            release(self.file, self._tmp)
+        self._ctx.__exit__(type(err), err, err.__traceback__)
 
     def __enter__(self):
         return self
 
     def __exit__(self, exc_type, exc, tb):
-        if exc_type is None:
+        if exc is not None:
+            self._discard(exc)
+            return False
+        try:
             self.file.attrs["ids"] = json.dumps(self.ids)
-        self.file.close()
-        if exc_type is None:
-            self._ctx.__exit__(None, None, None)
-        else:
-            self._ctx.__exit__(exc_type, exc, tb)
+            self.file.close()
+        except Exception as err:
+            self._discard(err)
+            raise
+        self._ctx.__exit__(None, None, None)
         return False
 
 
@@ -152,8 +165,8 @@ class CamWriter(_Writer):
                                     ("seg", seg, _LZF)):
             if data is not None:
                 data = np.asarray(data, dtype=np.float16)
-                g.create_dataset(name, data=data, **_per_plane(data, filters))
-        g.create_dataset("keys", data=np.asarray(keys, dtype=np.int64))
+                g.create_dataset(name, data=data, **_per_plane(data, filters)).flush()
+        g.create_dataset("keys", data=np.asarray(keys, dtype=np.int64)).flush()
         self.ids.append(image_id)
 
 
@@ -166,7 +179,7 @@ class LabelWriter(_Writer):
         label = np.asarray(label)
         if label.dtype != np.uint8 or label.ndim != 2:
             raise StoreError(f"{self.path}: label of {image_id} must be a 2-D uint8 array")
-        self.file.create_dataset(image_id, data=label, compression="lzf")
+        self.file.create_dataset(image_id, data=label, compression="lzf").flush()
         self.ids.append(image_id)
 
 
@@ -217,9 +230,12 @@ class _Reader:
     def check(self, ids: Sequence[str], classes: Sequence[str] | None = None) -> None:
         """Fail with the file and the first mismatching id if this store cannot serve `ids`."""
         if classes is not None and list(classes) != list(self.classes):
+            name = self.attr("dataset")
             raise StoreError(
-                f"{self.path}: class list {self.classes} does not match "
-                f"the dataset's {list(classes)}"
+                f"{self.path}: written for another dataset: the store's dataset "
+                f"{f'{name!r} ' if name else ''}has the class list {self.classes}, this "
+                f"dataset has {list(classes)}; rerun the stage that writes it for this dataset "
+                "(or delete it)"
             )
         for image_id in ids:
             if image_id not in self._known:
@@ -287,16 +303,22 @@ def combine_stores(out: str | os.PathLike, parts: Sequence[str | os.PathLike], k
         missing = next((i for i in ids if i not in set(combined)), None)
         what = f"image id '{missing}' is in no shard" if missing else "ids out of split order"
         raise StoreError(f"{out}: the shards do not cover the split: {what}")
-    with atomic_path(out, suffix=".h5") as tmp, h5py.File(tmp, "w", locking=False) as f:
-        for key, value in common.items():
-            f.attrs[key] = value
-        f.attrs["versions"] = json.dumps(versions())
-        f.attrs["ids"] = json.dumps(combined)
-        f.attrs["shards"] = json.dumps(names)
-        f.attrs["shard_sizes"] = json.dumps(sizes)
-        for name, size, start in zip(names, sizes, np.cumsum([0, *sizes[:-1]]), strict=True):
-            for image_id in combined[start:start + size]:
-                f[image_id] = h5py.ExternalLink(name, image_id)
+    with atomic_path(out, suffix=".h5") as tmp:
+        f = h5py.File(tmp, "w", locking=False)
+        try:
+            for key, value in common.items():
+                f.attrs[key] = value
+            f.attrs["versions"] = json.dumps(versions())
+            f.attrs["ids"] = json.dumps(combined)
+            f.attrs["shards"] = json.dumps(names)
+            f.attrs["shard_sizes"] = json.dumps(sizes)
+            for name, size, start in zip(names, sizes, np.cumsum([0, *sizes[:-1]]), strict=True):
+                for image_id in combined[start:start + size]:
+                    f[image_id] = h5py.ExternalLink(name, image_id)
+            f.close()
+        except BaseException:
+            release(f, tmp)  # a failed HDF5 flush must not be retried onto a full disk
+            raise
     return len(combined)
 
 

@@ -2,7 +2,8 @@
 
 Layout under `root`::
 
-    JPEGImages/<id>.jpg            RGB images (.png accepted when no .jpg exists); elsewhere
+    JPEGImages/<id>.jpg            images (.png accepted when no .jpg exists), any mode read
+                                   as RGB (`to_rgb`: grey, CMYK; alpha dropped); elsewhere
                                    with `image_root` / `image_dirs` (COCO: see data/coco.py)
     <mask_dir>/<id>.png            class-index masks: 0 background, k+1 <-> classes[k], 255 void
     <eval_mask_dir>/<id>.png       optional: ground truth for evaluation where it has the id
@@ -21,7 +22,6 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +29,8 @@ from typing import Any
 
 import numpy as np
 from PIL import Image
+
+from wsss.atomic import create_temp
 
 VOC_CLASSES: tuple[str, ...] = (
     "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
@@ -80,7 +82,7 @@ def save_mask(path: str | os.PathLike, mask: np.ndarray) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     image = Image.fromarray(mask)
     image.putpalette(VOC_PALETTE)  # turns the L image into mode P with the same index values
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = create_temp(path)  # mode 0666 less the umask, as open() gives
     try:
         with os.fdopen(fd, "wb") as f:
             image.save(f, format="PNG")
@@ -115,6 +117,24 @@ def _id_from_token(token: str) -> str:
     if dot and "." + suffix.lower() in _IMAGE_SUFFIXES:
         return stem
     return name
+
+
+_SIXTEEN_BIT = ("I;16", "I;16B", "I;16L", "I;16N", "I")  # "I": 16-bit grey PNGs, older Pillow
+
+
+def to_rgb(im: Image.Image) -> np.ndarray:
+    """H×W×3 uint8 RGB of an opened image, as torchvision's and PIL's `convert("RGB")` give it:
+    grey is repeated over the channels, a palette looked up, CMYK converted (Adobe's inverted
+    CMYK JPEGs included: PIL reads the APP14 marker), and an alpha channel dropped, not
+    composited over a background: the colour a pixel was painted with is its colour. VOC has
+    no such images; a converted dataset may. 16-bit grey, which `convert` would clip to white
+    above 255, is scaled to 8 bits.
+    """
+    if im.mode in _SIXTEEN_BIT:
+        grey = np.clip(np.asarray(im, dtype=np.int64), 0, 65535)
+        grey = ((grey * 255 + 32767) // 65535).astype(np.uint8)  # 65535 -> 255, rounded
+        return np.repeat(grey[..., None], 3, axis=2)
+    return np.asarray(im.convert("RGB"), dtype=np.uint8)
 
 
 @dataclass(frozen=True)
@@ -235,13 +255,13 @@ class VocDataset:
         return self.root / "Annotations" / f"{image_id}.xml"
 
     def load_image(self, image_id: str) -> np.ndarray:
-        """H×W×3 uint8 RGB."""
+        """H×W×3 uint8 RGB, whatever the file's mode (`to_rgb`)."""
         path = self.image_path(image_id)
         if not path.is_file():
             raise DatasetError(f"{path}: image of '{image_id}' does not exist")
         try:
             with Image.open(path) as im:
-                return np.asarray(im.convert("RGB"), dtype=np.uint8)
+                return to_rgb(im)
         except (OSError, SyntaxError, ValueError) as err:
             raise DatasetError(f"image '{image_id}' ({path}) is unreadable: {err}") from err
 
@@ -294,7 +314,8 @@ class VocDataset:
         if bad.size:
             raise DatasetError(
                 f"mask of '{image_id}' ({path}) has values {bad.tolist()} outside "
-                f"0..{self.num_classes} and {VOID}"
+                f"0..{self.num_classes} and {VOID} (classes 1..{self.num_classes}: "
+                f"{list(self.classes)})"
             )
         return mask
 
