@@ -1,5 +1,6 @@
 """The classifier stage: `init_from` another variant's classifier.pt, and resume over it."""
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -7,7 +8,7 @@ from torch import nn
 import wsss.classifier
 from wsss.classifier import train_classifier
 from wsss.data.index import build_index, write_index
-from wsss.data.voc import VocDataset
+from wsss.data.voc import VocDataset, save_mask
 from wsss.errors import ConfigError
 
 TRAINING = {"seed": 0, "epochs": 2, "batch_size": 2, "lr": 0.05, "momentum": 0.9,
@@ -94,3 +95,16 @@ def test_resume_over_init_from_matches_an_uninterrupted_run(tiny, tmp_path):
     for name, value in full.items():
         assert torch.equal(resumed[name], value), name
     assert not torch.equal(full["classifier.weight"], _weights(source)["classifier.weight"])
+
+
+def test_images_without_foreground_are_dropped_from_training_and_counted(tmp_path,
+                                                                         tiny_voc_config):
+    """As the papers train: an image with no foreground class has no image-level label to
+    learn from, so it leaves the training set (not the split: its CAMs are still made)."""
+    ds = VocDataset.from_config(tiny_voc_config)
+    save_mask(ds.mask_path("2011_003276"), np.zeros((52, 44), np.uint8))  # background only
+    write_index(tmp_path / "index.json", build_index(ds, ["train"]))
+    state = torch.load(_train((ds, tmp_path / "index.json"), tmp_path / "c"), weights_only=False)
+    assert state["skipped_no_foreground"] == 1
+    # 3 images in batches of 2: one step per epoch (the 4 of the split would make two)
+    assert state["steps"] == TRAINING["epochs"] * 1

@@ -147,3 +147,33 @@ def test_the_training_contract_falls_back_to_the_schema_defaults():
     assert {k: training.get(k, unrecorded.get(k)) for k in TRAINING_DEFAULTS} == TRAINING_DEFAULTS
     assert training["views"] == 1
     assert registry.defaults(defs["inference"])["seg_fusion"] == DEFAULT_SEG_FUSION
+
+
+@pytest.mark.parametrize("edit,named", [
+    # the wrong value is copied into seam (like: baseline), hsc and dscnet (like: seam)
+    (lambda m: m["baseline"]["training"].update(epochs="ten"), "methods.baseline.training"),
+    (lambda m: m["baseline"].update(trainig={}), "methods.baseline:"),
+    # aa's own value, one `like:` step from a full block, copied into zz, two steps away
+    (lambda m: m.update(aa={"like": "baseline", "training": {"epochs": "ten"}},
+                        zz={"like": "aa"}), "methods.aa.training"),
+])
+def test_an_inherited_error_is_named_where_it_is_written(edit, named):
+    cfg = _default()
+    edit(cfg["methods"])
+    with pytest.raises(ConfigError) as err:
+        validate_config(cfg)
+    assert str(err.value).startswith(f"config key {named}"), err.value
+
+
+def test_a_block_naming_no_component_is_taken_for_a_missing_variant():
+    """An overlay's `methods: {baselin: {training: ...}}` (a misspelt variant) adds a block
+    that names no method: the message says which variants there are."""
+    cfg = _default()
+    cfg["methods"]["baselin"] = {"training": {"lr": 0.1}}
+    with pytest.raises(ConfigError, match=r"methods\.baselin: sets neither 'method' nor 'like'"
+                                          r".*'baseline'"):
+        validate_config(cfg)
+    cfg = _default()
+    cfg["refiners"]["crff"] = {"iterations": 3}
+    with pytest.raises(ConfigError, match=r"refiners\.crff: sets neither 'refiner'.*'crf'"):
+        validate_config(cfg)

@@ -305,3 +305,36 @@ def test_pretrained_synthetic_is_an_input_of_exactly_the_rules_that_start_from_i
     planned, users = _pretrained_users(tmp_path, main, scratch, tmp_path / "mixed.yaml")
     assert len(planned) == 1
     assert users == [f"{res}/baseline/irn/network.pt", f"{res}/hsc/classifier.pt"]
+
+
+# A bad overlay (a second --configfile) as a user writes one, each with what the message must
+# name; every case stops at parse time: the wrong value where it is written (not the `like:`
+# variants that copy it), a variant the main config does not have. Unknown method and refiner
+# names: test_unknown_names_list_the_allowed_ones.
+BAD_OVERLAYS = {
+    "unknown_key": ({"methods": {"baseline": {"trainig": {"epochs": 3}}}},
+                    ["config key methods.baseline:", "'trainig' was unexpected"]),
+    "wrong_type": ({"methods": {"baseline": {"training": {"epochs": "ten"}}}},
+                   ["config key methods.baseline.training.epochs", "'ten'", "integer"]),
+    "run_names_a_missing_variant": ({"run": {"variants": ["baseline", "basline"]}},
+                                    ["run.variants", "'basline'", "'baseline'"]),
+    "changes_a_missing_variant": ({"methods": {"basline": {"training": {"lr": 0.1}}}},
+                                  ["config key methods.basline", "'baseline'"]),
+    "like_a_missing_variant": ({"methods": {"mine": {"like": "basline"}}},
+                               ["config key methods.mine.like", "'basline'"]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_OVERLAYS))
+def test_a_bad_overlay_stops_at_parse_time_naming_the_key(tmp_path, case):
+    overlay, fragments = BAD_OVERLAYS[case]
+    _write_config(tmp_path, yaml.safe_load((REPO / "config.yaml").read_text()))
+    (tmp_path / "overlay.yaml").write_text(yaml.safe_dump(overlay))
+    proc = _snakemake(tmp_path, "-n", "--configfile", str(tmp_path / "config.yaml"),
+                      str(tmp_path / "overlay.yaml"), check=False)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert "WorkflowError" in out and "Traceback" not in out, out[-3000:]
+    for fragment in fragments:
+        assert fragment in out, out[-3000:]
+    assert not (tmp_path / "results").exists()

@@ -99,12 +99,73 @@ def _path(error) -> str:
     return ".".join(str(p) for p in error.absolute_path) or "(top level)"
 
 
-def validate_config(config: dict[str, Any], base_path: str | Path = BASE_SCHEMA) -> dict[str, Any]:
-    """Validate `config` in place against the assembled schema, filling in defaults, after
-    resolving `like:` (`resolve_like`); a ConfigError names the offending key."""
-    from jsonschema import Draft202012Validator, validators
+KIND_KEYS = {"methods": "method", "refiners": "refiner"}  # the key naming a block's component
+
+
+def _check_named(config: dict[str, Any]) -> None:
+    """A block that names neither its component nor `like:` is most often an overlay's keys
+    for a variant the main config does not have (a misspelt or a removed name); say so, with
+    the variants it could have meant, instead of the schema's bare missing-property message."""
+    for section, kind in KIND_KEYS.items():
+        blocks = config.get(section)
+        if not isinstance(blocks, dict):
+            continue
+        known = sorted(n for n, b in blocks.items() if isinstance(b, dict) and
+                       (kind in b or LIKE in b))
+        for name, block in blocks.items():
+            if isinstance(block, dict) and kind not in block and LIKE not in block:
+                raise ConfigError(
+                    f"config key {section}.{name}: sets neither '{kind}' nor '{LIKE}', so it "
+                    f"is none of the variants defined in {section} ({known}); an overlay "
+                    f"changes a variant under its exact name, and a new variant needs "
+                    f"'{kind}: <name>' or '{LIKE}: <variant>'")
+
+
+def _like_depths(config: dict[str, Any]) -> dict[tuple[str, str], int]:
+    """(section, name) -> how many `like:` steps a block is from one written out in full (0),
+    read before resolve_like replaces the blocks."""
+    depths: dict[tuple[str, str], int] = {}
+    for section in LIKE_SECTIONS:
+        blocks = config.get(section)
+        if not isinstance(blocks, dict):
+            continue
+        for name in blocks:
+            hops, seen, block = 0, {name}, blocks[name]
+            while isinstance(block, dict) and isinstance(block.get(LIKE), str):
+                hops += 1
+                if block[LIKE] in seen:  # a cycle: resolve_like refuses it
+                    break
+                seen.add(block[LIKE])
+                block = blocks.get(block[LIKE])
+            depths[(section, name)] = hops
+    return depths
+
+
+def _first_written(errors: list, depths: dict[tuple[str, str], int]):
+    """The error to report: among those in the blocks fewest `like:` steps from one written
+    out in full. A wrong value in `baseline` is copied into every `like: baseline` variant,
+    and naming one of those (methods.seam.training.epochs) would send the reader to a block
+    that does not hold the value; the one written in full (methods.baseline...) does."""
     from jsonschema.exceptions import best_match
 
+    def depth(error) -> int:
+        return depths.get(tuple(str(p) for p in list(error.absolute_path)[:2]), 0)
+
+    if not errors:
+        return None
+    least = min(map(depth, errors))
+    return best_match(e for e in errors if depth(e) == least)
+
+
+def validate_config(config: dict[str, Any], base_path: str | Path = BASE_SCHEMA) -> dict[str, Any]:
+    """Validate `config` in place against the assembled schema, filling in defaults, after
+    resolving `like:` (`resolve_like`); a ConfigError names the offending key, in the block
+    that holds it rather than a `like:` copy (`_first_written`), and a methods / refiners
+    block that names no component is reported as the missing variant it most likely is."""
+    from jsonschema import Draft202012Validator, validators
+
+    _check_named(config)
+    depths = _like_depths(config)
     resolve_like(config)
 
     schema = assemble(base_path)
@@ -118,7 +179,7 @@ def validate_config(config: dict[str, Any], base_path: str | Path = BASE_SCHEMA)
         yield from check(validator, properties, instance, sub)
 
     filling = validators.extend(Draft202012Validator, {"properties": set_defaults})
-    error = best_match(filling(schema).iter_errors(config))
+    error = _first_written(list(filling(schema).iter_errors(config)), depths)
     if error is not None:
         raise ConfigError(f"config key {_path(error)}: {error.message}")
     return config

@@ -193,3 +193,49 @@ def test_eval_masks_prefer_eval_dir_and_fall_back(tiny_voc_config, tiny_voc, tmp
     plain = VocDataset.from_config(cfg)
     assert plain.eval_fallbacks(val, "val") == 0
     assert evaluate_labels(tmp_path / "labels.h5", plain, "val")["miou"] < 0.99
+
+
+# 24×48 image of three flat 16-px blocks (JPEG's 8- and 16-px blocks hold one colour each)
+BLOCK_INDEX = np.repeat(np.arange(3), 16)[None].repeat(24, 0)
+BLOCK_RGB = np.array(((200, 90, 60), (60, 80, 200), (90, 140, 80)), np.uint8)[BLOCK_INDEX]
+BLOCK_GREY = BLOCK_RGB[..., 1]
+
+
+def _palette_image() -> Image.Image:
+    im = Image.fromarray(BLOCK_INDEX.astype(np.uint8), "L").convert("P")
+    im.putpalette([200, 90, 60, 60, 80, 200, 90, 140, 80])
+    return im
+
+
+# mode -> (image, suffix, save options, the RGB it must decode to, JPEG tolerance)
+NON_RGB = {
+    # COCO and many scraped sets hold grey and CMYK JPEGs; PIL writes CMYK as Adobe does
+    # (inverted, APP14 marker), so a reader that ignored the marker would invert every colour
+    "grey_jpeg": (Image.fromarray(BLOCK_GREY), ".jpg", {"quality": 100},
+                  np.repeat(BLOCK_GREY[..., None], 3, 2), 2),
+    "cmyk_jpeg": (Image.fromarray(BLOCK_RGB).convert("CMYK"), ".jpg", {"quality": 100},
+                  BLOCK_RGB, 3),
+    # alpha dropped, as convert("RGB") and torchvision do: the colour stays where alpha is 0
+    "rgba_png": (Image.fromarray(np.dstack([BLOCK_RGB, (BLOCK_INDEX * 120).astype(np.uint8)]),
+                                 "RGBA"), ".png", {}, BLOCK_RGB, 0),
+    "palette_png": (_palette_image(), ".png", {}, BLOCK_RGB, 0),
+    # 16-bit grey: convert("RGB") would clip everything above 255 to white
+    "grey16_png": (Image.fromarray(BLOCK_GREY.astype(np.uint16) * 257), ".png", {},
+                   np.repeat(BLOCK_GREY[..., None], 3, 2), 0),
+}
+
+
+@pytest.mark.parametrize("case", sorted(NON_RGB))
+def test_non_rgb_images_decode_to_their_rgb_values(tiny_voc_config, tiny_voc, case):
+    image, suffix, options, expected, tolerance = NON_RGB[case]
+    ds = VocDataset.from_config(tiny_voc_config)
+    ds.image_path("2007_000032").unlink()
+    path = tiny_voc / "JPEGImages" / f"2007_000032{suffix}"
+    image.save(path, **options)
+    with Image.open(path) as written:  # the file holds the mode under test, not RGB
+        assert written.mode == {"grey_jpeg": "L", "cmyk_jpeg": "CMYK", "rgba_png": "RGBA",
+                                "palette_png": "P", "grey16_png": "I;16"}[case]
+    decoded = ds.load_image("2007_000032")
+    assert decoded.shape == (24, 48, 3) and decoded.dtype == np.uint8
+    assert np.abs(decoded.astype(int) - expected).max() <= tolerance
+

@@ -26,10 +26,20 @@ _plugins = [str(Path(p).resolve()) for p in config.get("plugins", [])]
 _plugins += [p for p in os.environ.get(registry.PLUGINS_ENV, "").split(os.pathsep) if p]
 if _plugins:
     os.environ[registry.PLUGINS_ENV] = os.pathsep.join(dict.fromkeys(_plugins))
+
+
+def _shown(path) -> str:
+    """A config file as a message names it: relative to the working directory when inside it."""
+    rel = os.path.relpath(path)
+    return str(path) if rel.startswith("..") else rel
+
+
+# what a config error names: the files the config was merged from (the main config and overlays)
+CONFIG_FILES = ", ".join(map(_shown, workflow.overwrite_configfiles)) or "config.yaml"
 try:
     validate_config(config, Path(workflow.basedir) / "workflow" / "schemas" / "config.schema.yaml")
 except ConfigError as err:
-    raise WorkflowError(f"config.yaml: {err}")
+    raise WorkflowError(f"{CONFIG_FILES}: {err}")
 
 # A killed run leaves Snakemake's lock behind and the same command would stop at it: clear it
 # here, before Snakemake locks, when no run is alive in this directory (wsss.locks). Only in the
@@ -124,7 +134,7 @@ def as_json(obj) -> str:
 
 
 def config_error(message: str):
-    raise WorkflowError(f"config.yaml: {message}")
+    raise WorkflowError(f"{CONFIG_FILES}: {message}")
 
 
 def _check_config():
