@@ -9,11 +9,13 @@ from typing import Any
 
 import torch
 
+from wsss import registry
 from wsss.data.index import read_index
 from wsss.data.transforms import ClassificationSet
 from wsss.errors import ConfigError
 from wsss.methods.base import build_method
 from wsss.train import fit, seed_everything
+from wsss.train.resume import backbone_modules, pretrained_inputs, resume_key
 
 log = logging.getLogger(__name__)
 
@@ -26,6 +28,9 @@ def train_classifier(ds, index_path: str | os.PathLike, split: str, variant: str
 
     `init_from`: the classifier.pt of another variant, whose matching weights the method starts
     from (`Method.init_from`); a checkpoint of this run, when there is one, still wins.
+    A checkpoint is resumed only when it was trained from the same config, code (the
+    `train_classifier` rule's code inputs: `wsss.cli.train`, the method chain and backbone
+    modules) and files (the index, `init_from`, pretrained weights): `wsss.train.state`.
     """
     index = read_index(index_path)
     info = index["splits"][split]
@@ -43,6 +48,10 @@ def train_classifier(ds, index_path: str | os.PathLike, split: str, variant: str
             "skipped_no_foreground": skipped}
     if init_from is not None:
         meta["init_from"] = str(init_from)
+    code = ["wsss.cli.train", *(c.module for c in registry.method_chain(cfg)),
+            *backbone_modules(cfg)]
+    inputs = {"index": index_path, "init_from": init_from, **pretrained_inputs(cfg)}
+    meta["resume_key"] = resume_key(method, trainset, code, inputs)
     return fit(method, trainset, cfg["training"], out_dir, meta, device, stop_after=stop_after)
 
 

@@ -14,3 +14,15 @@ class MethodError(ConfigError):
 
 class BackboneError(ConfigError):
     """A backbone name, stride or weight source that cannot be built."""
+
+
+class TrainingError(RuntimeError):
+    """A training run that cannot go on (`wsss.train.fit`)."""
+
+
+class TrainingDiverged(TrainingError):
+    """A loss term or a weight became NaN or infinite; names the run, the step and the terms."""
+
+
+class CheckpointError(TrainingError):
+    """A checkpoint of this very run (same config, code and data) that cannot be loaded."""

@@ -41,12 +41,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     os.environ.setdefault("HDF5_USE_FILE_LOCKING", "FALSE")
     from wsss.data.voc import DatasetError
-    from wsss.errors import ConfigError
-    from wsss.store import StoreError
+    from wsss.errors import ConfigError, TrainingError
+    from wsss.store import StoreError, WriteError
 
     try:
         args.fn(args)
-    except (DatasetError, StoreError, ConfigError, ValueError) as err:
+    except (DatasetError, StoreError, WriteError, ConfigError, TrainingError,
+            ValueError) as err:
         log.error("%s", err)
         print(f"wsss {args.command}: error: {err}", file=sys.stderr)
         return 1

@@ -26,6 +26,7 @@ from wsss.models.backbones import freeze_batchnorm, without_pretrained
 from wsss.models.deeplab import build_deeplab
 from wsss.store import LabelMap, LabelReader, StoreError
 from wsss.train import Trainable, fit, pick_device, seed_everything
+from wsss.train.resume import backbone_modules, pretrained_inputs, resume_key
 
 if TYPE_CHECKING:
     from wsss.data.voc import VocDataset
@@ -181,7 +182,11 @@ def train(ds: VocDataset, split: str, label_path: str | os.PathLike, cfg: dict[s
     trainset = SegmentationSet(ds, ids, _CheckedLabels(labels, ds.num_classes), training,
                                seed=training["seed"])
     meta = {"config": cfg, "classes": list(ds.classes), "labels": str(label_path)}
-    try:
+    # resumed only from the same code (wsss.cli.deeplab_train's, the backbone's) and files
+    code = ["wsss.cli.deeplab_train", *backbone_modules(cfg)]
+    reads = {"labels": label_path, **pretrained_inputs(cfg["model"])}
+    try:  # the label map is closed whatever fails, hashing the files included
+        meta["resume_key"] = resume_key(method, trainset, code, reads)
         return fit(method, trainset, training, out_dir, meta, as_device(device), name="deeplab")
     finally:
         labels.close()

@@ -27,6 +27,7 @@ from wsss.refine.features import check_trunk, refiner_trunk
 from wsss.refine.pool import ScoreFn, store_labels, walk_labels
 from wsss.store import CamReader, LabelMap, LabelReader, StoreError
 from wsss.train import Trainable, fit, pick_device, seed_everything
+from wsss.train.resume import backbone_modules, pretrained_inputs, resume_key
 
 if TYPE_CHECKING:
     from wsss.data.voc import VocDataset
@@ -65,9 +66,17 @@ def train_network(register: dict[str, Any], build: Build, ds: VocDataset, split:
     net = build(cfg, ds.num_classes, trunk.backbone)
     labels = LabelMap(label_path, ids)
     trainset = SegmentationSet(ds, ids, labels, training, seed=training["seed"])
-    meta = {"config": cfg, "backbone_config": trunk.config, "classes": list(ds.classes)}
+    meta = {"config": cfg, "backbone_config": trunk.config, "classes": list(ds.classes),
+            "refiner": register["name"]}
+    # resumed only from the same code (the refiner rule's: wsss.cli.refine and the kind) and files
+    code = ["wsss.cli.refine", registry.component("refiner", register["name"]).module,
+            *backbone_modules(cfg)]
+    reads = {"labels": label_path, **pretrained_inputs(cfg["trunk"])}
+    if cfg["trunk"]["source"] == "classifier":
+        reads["classifier"] = classifier_path
     out_path = Path(out_path)
-    try:
+    try:  # the label map is closed whatever fails, hashing the files included
+        meta["resume_key"] = resume_key(net, trainset, code, reads)
         final = fit(net, trainset, training, out_path.parent, meta, as_device(device),
                     name=register["network_log"])
     finally:

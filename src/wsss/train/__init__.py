@@ -12,6 +12,7 @@ keeps besides its weights (an EMA teacher, a FIFO bank) rides in its state_dict 
   trainable.py  Trainable (param groups, optimizers, optimize, begin), the lr schedules
   loop.py       fit, StepSampler, checkpoints, seeding, the device
   state.py      EMA teacher, FIFO bank, per-class row banks (ClassBanks)
+  resume.py     the resume key: a checkpoint is resumed only by the same config, code, inputs
 """
 
 from wsss.train.loop import (

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import logging
+import math
 import random
 import sys
 import time
@@ -15,7 +16,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from wsss.errors import CheckpointError, TrainingDiverged
 from wsss.store import atomic_path, versions
+from wsss.train.resume import architecture_differences, resume_key, stale_reasons
 from wsss.train.trainable import TRAINING_DEFAULTS, schedule_lr
 
 log = logging.getLogger(__name__)
@@ -114,6 +117,14 @@ def fit(
     `backbone` (the trunk's state dict) when the trained object has a `trunk`.
     `stop_after` ends the run early after that many steps (with a checkpoint), as a kill would.
     Returns the path of the final weights (only written when all steps are done).
+
+    The checkpoint is resumed only when its `config` and `resume_key` (`wsss.train.state`)
+    equal `meta`'s (a caller records its inputs there; without one, the key of `method`'s
+    code, no inputs); otherwise a warning says what differs and the run starts from step 0,
+    leaving the old file until its first checkpoint replaces it. A matching checkpoint of
+    another architecture is a `CheckpointError`. A non-finite loss term, or a non-finite
+    weight at a checkpoint, stops the run with `TrainingDiverged`: the last checkpoint
+    written before it stays, no checkpoint or final weights are written after it.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -136,17 +147,21 @@ def fit(
     method.to(device)
     method.build_optimizers(training)
 
-    start, rng = 0, None
+    meta = {**meta, "resume_key": meta.get("resume_key") or resume_key(method, trainset)}
+    start, rng, saved = 0, None, None
     if ckpt_path.exists():
         state = torch.load(ckpt_path, map_location=device, weights_only=False)
-        if state.get("config") != meta.get("config"):
-            log.warning("%s was written with another config; starting afresh", ckpt_path)
+        stale = stale_reasons(state, meta)
+        if stale:
+            log.warning("not resuming %s (step %s of another run): %s; training from step 0, "
+                        "the file is replaced at the first checkpoint", ckpt_path,
+                        state.get("step"), "; ".join(stale))
         else:
-            method.load_state_dict(state["method"])
-            for opt, sd in zip(method.optimizers, state["optimizers"], strict=True):
-                opt.load_state_dict(sd)
+            _restore(ckpt_path, state, method)
             start, rng = state["step"], state["rng"]
+            saved = start
             log.info("resuming from step %d of %d (%s)", start, max_steps, ckpt_path)
+        del state
     _truncate_log(log_path, start)
     method.begin(max_steps, per_epoch, start)
 
@@ -167,10 +182,11 @@ def fit(
         _set_rng_state(rng)
     t0 = time.time()
     new_log = not log_path.exists()
-    with open(log_path, "a", newline="") as fh:
+    what = _run_name(meta, name, out_dir)
+    with open(log_path, "a", newline="") as fh, tqdm(
+            total=max_steps, initial=start, desc="train", file=sys.stderr, mininterval=5.0,
+            disable=None) as bar:
         writer = None
-        bar = tqdm(total=max_steps, initial=start, desc="train", file=sys.stderr,
-                   mininterval=5.0, disable=None)
         for step, batch in enumerate(batches, start=start):
             lr_factor = schedule_lr(method.optimizers, training, step, max_steps)
             batch = {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v
@@ -183,16 +199,29 @@ def fit(
                 if new_log:
                     writer.writeheader()
             writer.writerow(row)
+            done = step + 1
+            bad = [k for k, v in losses.items() if not math.isfinite(float(v))]
+            if bad:
+                fh.flush()
+                raise TrainingDiverged(
+                    f"{what}: training diverged at step {done} of {max_steps}: non-finite loss "
+                    f"({', '.join(bad)}) in {_terms(losses)}; "
+                    f"{_kept(ckpt_path, saved, final_path)}")
             bar.update(1)
             bar.set_postfix({k: f"{v:.4f}" for k, v in losses.items()}, refresh=False)
-            done = step + 1
             if done % every == 0 or done == max_steps or done == stop_after:
                 fh.flush()
+                weights = _nonfinite(method)
+                if weights:
+                    raise TrainingDiverged(
+                        f"{what}: training diverged at step {done} of {max_steps}: non-finite "
+                        f"weights ({', '.join(weights[:3])}{', ...' if len(weights) > 3 else ''})"
+                        f" after the finite loss {_terms(losses)}; "
+                        f"{_kept(ckpt_path, saved, final_path)}")
                 save_checkpoint(ckpt_path, method, done, meta)
+                saved = done
             if done == stop_after:
-                bar.close()
                 return final_path
-        bar.close()
     method.eval()
     final = {"method": method.state_dict(), "steps": max_steps, "versions": versions(), **meta}
     trunk = getattr(method, "trunk", None)
@@ -201,6 +230,53 @@ def fit(
     with atomic_path(final_path) as tmp:
         torch.save(final, tmp)
     return final_path
+
+
+def _restore(path: Path, state: dict[str, Any], method) -> None:
+    """Load a checkpoint of this run into `method` and its optimizers; a network of another
+    architecture (or a file that does not load) is a `CheckpointError` naming the file."""
+    diff = architecture_differences(state.get("method", {}), method.state_dict())
+    count = len(state.get("optimizers", []))
+    if count != len(method.optimizers):
+        diff.append(f"{count} optimizers in the file, {len(method.optimizers)} here")
+    if diff:
+        more = f" (and {len(diff) - 3} more)" if len(diff) > 3 else ""
+        raise CheckpointError(
+            f"{path}: written with this run's config, code and data by a network of another "
+            f"architecture: {'; '.join(diff[:3])}{more}; delete it to train afresh")
+    try:
+        method.load_state_dict(state["method"])
+        for opt, sd in zip(method.optimizers, state["optimizers"], strict=True):
+            opt.load_state_dict(sd)
+    except (KeyError, RuntimeError, ValueError) as err:
+        message = " ".join(str(err).split())[:300]
+        raise CheckpointError(f"{path}: cannot be resumed ({message}); delete it to train "
+                              "afresh") from err
+
+
+def _run_name(meta: dict[str, Any], name: str, out_dir: Path) -> str:
+    """The run in messages: the classifier's variant, a refiner's kind, else `name`."""
+    if "variant" in meta:
+        return f"variant '{meta['variant']}' ({out_dir})"
+    if "refiner" in meta:
+        return f"refiner '{meta['refiner']}' network ({out_dir})"
+    return f"{name} ({out_dir})"
+
+
+def _terms(losses: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={float(v):.6g}" for k, v in losses.items())
+
+
+def _kept(ckpt_path: Path, saved: int | None, final_path: Path) -> str:
+    if saved is None:
+        return f"no checkpoint of this run was written, nor {final_path.name}"
+    return f"kept the checkpoint of step {saved} ({ckpt_path}), wrote no {final_path.name}"
+
+
+def _nonfinite(method) -> list[str]:
+    """The floating-point state (parameters, buffers) of `method` holding a NaN or an inf."""
+    return [k for k, v in method.state_dict().items()
+            if torch.is_tensor(v) and v.is_floating_point() and not bool(torch.isfinite(v).all())]
 
 
 def _truncate_log(path: Path, start: int) -> None:
