@@ -459,9 +459,11 @@ def seeds_eval_arg(wildcards, input) -> str:
 
 
 def refiner_code(wildcards) -> list[str]:
-    """A refiner stage's code: the refine command and its kind's module (a PSA edit leaves IRN
-    be)."""
-    return code("wsss.cli.refine", refiner_kind(wildcards.refiner).module)
+    """A refiner stage's code: the refine command, its kind's module (a PSA edit leaves IRN
+    be) and the modules of the backbones its block names (a trunk loaded by name)."""
+    block = config["refiners"][wildcards.refiner]
+    return code("wsss.cli.refine", refiner_kind(wildcards.refiner).module,
+                *backbone_modules(block))
 
 
 def refiners_for(variant: str) -> list[str]:

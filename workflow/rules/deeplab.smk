@@ -9,7 +9,7 @@ rule deeplab_train:
     input:
         labels=f"{RESULTS}/{{variant}}/{{refiner}}/labels/{TRAIN_SPLIT}.h5",
         pretrained=pretrained_inputs(config["deeplab"]["model"]),
-        code=code("wsss.cli.deeplab_train"),
+        code=code("wsss.cli.deeplab_train", *backbone_modules(config["deeplab"])),
     params:
         block=deeplab_train_block,
         dataset=DATASET_JSON,
@@ -39,7 +39,7 @@ rule deeplab_predict:
         crf=per_image(f"{RESULTS}/{{variant}}/{{refiner}}/deeplab/pred_crf/{{split}}.h5"),
     input:
         weights=f"{RESULTS}/{{variant}}/{{refiner}}/deeplab/deeplab.pt",
-        code=code("wsss.cli.deeplab_predict"),
+        code=code("wsss.cli.deeplab_predict", *backbone_modules(config["deeplab"])),
     params:
         shard=shard_arg(),
         block=as_json(config["deeplab"]),
