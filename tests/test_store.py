@@ -1,14 +1,12 @@
 import json
 import os
 import pickle
-import signal
-import subprocess
-import sys
 import time
 
 import h5py
 import numpy as np
 import pytest
+from test_atomic import _kill_while_writing
 
 from wsss.store import (
     CamReader,
@@ -70,18 +68,7 @@ def test_exception_inside_writer_leaves_nothing(tmp_path):
 def test_killed_writer_leaves_no_valid_looking_file(tmp_path):
     """SIGKILL in the middle of writing: the target path never exists."""
     path = tmp_path / "cams.h5"
-    script = f"""
-import numpy as np, time, sys
-from wsss.store import CamWriter
-with CamWriter({str(path)!r}, {{"classes": ["a"]}}) as w:
-    w.add("a", np.zeros((1, 4, 4)), [0])
-    print("writing", flush=True)
-    time.sleep(60)
-"""
-    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
-    assert proc.stdout.readline().strip() == "writing"
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    _kill_while_writing(path)
     time.sleep(0.1)
     assert not path.exists()
     leftovers = list(tmp_path.iterdir())

@@ -108,16 +108,21 @@ def test_an_infinite_weight_is_never_checkpointed(tmp_path):
     assert not (tmp_path / "classifier.pt").exists()
 
 
-def test_the_cli_reports_a_diverging_classifier_in_one_line(tmp_path, tiny_voc_config, capsys):
-    ds = VocDataset.from_config(tiny_voc_config)
-    write_index(tmp_path / "index.json", build_index(ds, ["train"]))
-    training = {"seed": 0, "epochs": 2, "batch_size": 2, "lr": 1e30, "momentum": 0.9,
+def _baseline(lr: float) -> dict:
+    """A baseline classifier block on the tiny ResNet: 2 epochs of the tiny VOC fixture."""
+    training = {"seed": 0, "epochs": 2, "batch_size": 2, "lr": lr, "momentum": 0.9,
                 "nesterov": False, "weight_decay": 1e-4, "poly_power": 0.9,
                 "new_layer_lr_mult": 10, "crop_size": 32, "resize_long": [32, 48],
                 "hflip": True, "color_jitter": 0.0, "num_workers": 0, "checkpoint_every": 10,
                 "cache_max_images": 100}
-    cfg = {"method": "baseline", "training": training,
-           "backbone": {"name": "tiny", "output_stride": 8, "pretrained": "none"}}
+    return {"method": "baseline", "training": training,
+            "backbone": {"name": "tiny", "output_stride": 8, "pretrained": "none"}}
+
+
+def test_the_cli_reports_a_diverging_classifier_in_one_line(tmp_path, tiny_voc_config, capsys):
+    ds = VocDataset.from_config(tiny_voc_config)
+    write_index(tmp_path / "index.json", build_index(ds, ["train"]))
+    cfg = _baseline(lr=1e30)
     out = tmp_path / "out"
     code = cli.main(["train", "--dataset", json.dumps(tiny_voc_config), "--index",
                      str(tmp_path / "index.json"), "--variant", "huge_lr", "--config",
@@ -205,13 +210,7 @@ def test_a_regenerated_index_is_not_resumed_by_the_classifier(tmp_path, tiny_voc
     ds = VocDataset.from_config(tiny_voc_config)
     index = tmp_path / "index.json"
     write_index(index, build_index(ds, ["train"]))
-    training = {"seed": 0, "epochs": 2, "batch_size": 2, "lr": 0.05, "momentum": 0.9,
-                "nesterov": False, "weight_decay": 1e-4, "poly_power": 0.9,
-                "new_layer_lr_mult": 10, "crop_size": 32, "resize_long": [32, 48],
-                "hflip": True, "color_jitter": 0.0, "num_workers": 0, "checkpoint_every": 10,
-                "cache_max_images": 100}
-    cfg = {"method": "baseline", "training": training,
-           "backbone": {"name": "tiny", "output_stride": 8, "pretrained": "none"}}
+    cfg = _baseline(lr=0.05)
 
     def run(out, **kw):
         path = train_classifier(ds, index, "train", "v", cfg, out, CPU, **kw)
