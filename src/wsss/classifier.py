@@ -30,7 +30,7 @@ def train_classifier(ds, index_path: str | os.PathLike, split: str, variant: str
     from (`Method.init_from`); a checkpoint of this run, when there is one, still wins.
     A checkpoint is resumed only when it was trained from the same config, code (the
     `train_classifier` rule's code inputs: `wsss.cli.train`, the method chain and backbone
-    modules) and files (the index, `init_from`, pretrained weights): `wsss.train.state`.
+    modules) and files (the index, `init_from`, pretrained weights): `wsss.train.resume`.
     """
     index = read_index(index_path)
     info = index["splits"][split]

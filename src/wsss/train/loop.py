@@ -118,7 +118,7 @@ def fit(
     `stop_after` ends the run early after that many steps (with a checkpoint), as a kill would.
     Returns the path of the final weights (only written when all steps are done).
 
-    The checkpoint is resumed only when its `config` and `resume_key` (`wsss.train.state`)
+    The checkpoint is resumed only when its `config` and `resume_key` (`wsss.train.resume`)
     equal `meta`'s (a caller records its inputs there; without one, the key of `method`'s
     code, no inputs); otherwise a warning says what differs and the run starts from step 0,
     leaving the old file until its first checkpoint replaces it. A matching checkpoint of
